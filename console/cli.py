@@ -1,0 +1,154 @@
+"""Command line: `swordsec-console [options]` (TUI, or --no-ui), plus `send`, `worker` and `replay`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from core.config import Settings
+
+EXIT_OK, EXIT_INPUT_REJECTED, EXIT_USAGE, EXIT_FAILURE = 0, 1, 2, 3
+SUBCOMMANDS = ("send", "worker", "replay")
+
+
+def _env_help(name: str) -> str:
+    return f" [env {Settings.ENV[name]}]" if name in Settings.ENV else ""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="swordsec-console",
+        description="Collect users from JSON files dropped in a folder into Redis and one merged all_users.json, "
+                    "through gRPC and RQ workers. Other commands: send FILE..., worker, replay NAME "
+                    "(see `swordsec-console COMMAND --help`).",
+        epilog=f"Exit codes: {EXIT_OK} all input accepted; {EXIT_INPUT_REJECTED} some input was rejected or a file "
+               f"was damaged (its valid records were kept); {EXIT_USAGE} bad usage or settings; "
+               f"{EXIT_FAILURE} the pipeline failed (Redis unreachable, port in use, ...).",
+    )
+    add = parser.add_argument
+    add("--watch", type=Path, help="folder to watch for JSON files (default ./drop)" + _env_help("watch"))
+    add("--data-dir", type=Path, help="where the embedded Redis, quarantine and output live (default ./data)"
+        + _env_help("data_dir"))
+    add("--output", type=Path, help="merged file (default <data-dir>/all_users.json)" + _env_help("output"))
+    add("--redis-url", help="use this Redis instead of starting an embedded one" + _env_help("redis_url"))
+    add("--grpc-listen", metavar="HOST:PORT", help="gRPC listen address (default 127.0.0.1:50051)"
+        + _env_help("grpc_listen"))
+    add("--workers", type=int, help="RQ worker processes to run here (default: number of CPUs)"
+        + _env_help("workers"))
+    add("--merge-key", metavar="FIELD", help="user field that identifies a user (default email)"
+        + _env_help("merge_key"))
+    add("--no-ui", action="store_true", help="run headless with plain log lines")
+    add("--once", action="store_true", help="with --no-ui: ingest the files now in the folder, then exit")
+    add("--log-format", choices=("text", "json"), help="log line format (default text)" + _env_help("log_format"))
+    add("--quiet-period", type=float, metavar="SECONDS",
+        help="a file is read once unchanged for this long (default 1.0)" + _env_help("quiet_period"))
+    add("--poll", action="store_true", default=None, help="poll the folder (network and WSL mounts give no events)"
+        + _env_help("poll"))
+    add("--after-merge", choices=("keep", "move", "delete"),
+        help="what to do with a merged file: keep it (default), move it to processed/, or delete it"
+        + _env_help("after_merge"))
+    add("--batch-size", type=int, help="users per gRPC batch and RQ job (default 1000)" + _env_help("batch_size"))
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    flags = {k: v for k, v in vars(args).items() if k not in ("no_ui",)}
+    return Settings.build(flags)
+
+
+def setup_logging(log_format: str) -> None:
+    handler = logging.StreamHandler(sys.stdout)
+    if log_format == "json":
+        handler.setFormatter(_JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%S"))
+    root = logging.getLogger("swordsec")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+    root.propagate = False
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        import orjson
+
+        body = {"time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"), "level": record.levelname.lower(),
+                "message": record.getMessage(), **getattr(record, "event", {})}
+        return orjson.dumps(body, default=str).decode()
+
+
+def run_headless(settings: Settings) -> int:
+    from core.runtime import Runtime
+
+    setup_logging(settings.log_format)
+    log = logging.getLogger("swordsec")
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    runtime = Runtime(settings, watch=not settings.once)
+    try:
+        runtime.start()
+        if settings.once:
+            summary = runtime.run_once()
+            print(summary.line(), flush=True)
+            return EXIT_OK if summary.clean else EXIT_INPUT_REJECTED
+        while not stop.wait(0.5):
+            pass
+        log.info("stopping: finishing accepted work")
+        return EXIT_OK
+    finally:
+        runtime.stop()
+
+
+def run_ui(settings: Settings) -> int:
+    from console.app import make_app
+    from core.runtime import Runtime
+
+    app = make_app(Runtime(settings))
+    app.run()
+    return app.return_code or EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        if argv and argv[0] in SUBCOMMANDS:
+            from console import commands
+
+            return getattr(commands, argv[0])(argv[1:])
+        args = build_parser().parse_args(argv)
+        if args.once and not args.no_ui:
+            args.no_ui = True
+        settings = _settings(args)
+        return run_headless(settings) if args.no_ui else run_ui(settings)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as error:
+        return report_failure(error)
+
+
+def report_failure(error: Exception) -> int:
+    """Known failures become one line; anything else also gets one line, and the traceback only on request."""
+    from core.broker import BrokerError
+    from core.config import ConfigError
+
+    if isinstance(error, ConfigError):
+        print(f"swordsec-console: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    if isinstance(error, BrokerError | OSError | RuntimeError | TimeoutError):
+        print(f"swordsec-console: {error}", file=sys.stderr)
+        return EXIT_FAILURE
+    if os.environ.get("SWORDSEC_DEBUG"):
+        raise error
+    print(f"swordsec-console: unexpected error: {type(error).__name__}: {error} "
+          f"(set SWORDSEC_DEBUG=1 for the traceback)", file=sys.stderr)
+    return EXIT_FAILURE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

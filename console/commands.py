@@ -1,0 +1,111 @@
+"""The subcommands: `send`, `worker` and `replay`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from console.cli import EXIT_FAILURE, EXIT_INPUT_REJECTED, EXIT_OK, EXIT_USAGE, setup_logging
+
+
+def send(argv: list[str]) -> int:
+    """Stream files to a running server, the way the watcher does, and print what it accepted."""
+    import grpc
+
+    from core.client import UsersClient
+
+    parser = argparse.ArgumentParser(prog="swordsec-console send", description=send.__doc__)
+    parser.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    parser.add_argument("--server", default=os.environ.get("SWORDSEC_SERVER", "127.0.0.1:50051"),
+                        help="gRPC server HOST:PORT (default 127.0.0.1:50051) [env SWORDSEC_SERVER]")
+    parser.add_argument("--batch-size", type=int, default=1000)
+    parser.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the server to answer")
+    args = parser.parse_args(argv)
+    code = EXIT_OK
+    with UsersClient(args.server) as client:
+        try:
+            client.wait_ready(timeout=args.timeout)
+        except grpc.FutureTimeoutError:
+            print(f"send: no gRPC server answers at {args.server}", file=sys.stderr)
+            return EXIT_FAILURE
+        for path in args.files:
+            if not path.is_file():
+                print(f"{path}: not a readable file")
+                code = EXIT_INPUT_REJECTED
+                continue
+            try:
+                result = client.send_file(path, batch_size=args.batch_size)
+            except grpc.RpcError as error:
+                print(f"{path}: server refused the stream: {error.code().name}: {error.details()}", file=sys.stderr)
+                return EXIT_FAILURE
+            line = (f"{path}: {result.records} records, {result.accepted} accepted, {result.rejected} rejected "
+                    f"in {result.seconds:.2f} s")
+            if result.damage:
+                line += f"; {result.damage}"
+            print(line)
+            for record, reason in result.reasons[:5]:
+                print(f"  record {record}: {reason}")
+            if result.rejected or result.damage:
+                code = EXIT_INPUT_REJECTED
+    return code
+
+
+def worker(argv: list[str]) -> int:
+    """Run RQ workers only, for machines that share the console's Redis."""
+    from core.broker import connect, redact
+    from core.events import EventLog
+    from core.supervisor import Supervisor
+
+    parser = argparse.ArgumentParser(prog="swordsec-console worker", description=worker.__doc__)
+    parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL"),
+                        help="the shared Redis (required) [env REDIS_URL]")
+    parser.add_argument("--count", type=int, default=int(os.environ.get("SWORDSEC_WORKERS", "1")),
+                        help="worker processes to run (default 1) [env SWORDSEC_WORKERS]")
+    parser.add_argument("--namespace", default=os.environ.get("SWORDSEC_NAMESPACE", "swordsec"),
+                        help="queue and key namespace (default swordsec) [env SWORDSEC_NAMESPACE]")
+    parser.add_argument("--log-format", choices=("text", "json"), default="text")
+    args = parser.parse_args(argv)
+    if not args.redis_url:
+        print("worker: give the shared Redis with --redis-url or REDIS_URL", file=sys.stderr)
+        return EXIT_USAGE
+    if args.count < 1:
+        print("worker: --count must be at least 1", file=sys.stderr)
+        return EXIT_USAGE
+    setup_logging(args.log_format)
+    events = EventLog()
+    connection = connect(args.redis_url)
+    events.emit("info", f"worker: {args.count} process(es) on {redact(args.redis_url)} queue {args.namespace}")
+    supervisor = Supervisor(connection, args.redis_url, args.namespace, args.count, on_event=events.emit)
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    supervisor.start()
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        events.emit("info", "worker: stopping after current jobs")
+        supervisor.stop()
+    return EXIT_OK
+
+
+def replay(argv: list[str]) -> int:
+    """Put a fixed quarantined file back into the watched folder, where it is ingested again."""
+    parser = argparse.ArgumentParser(prog="swordsec-console replay", description=replay.__doc__)
+    parser.add_argument("name", help="file name in <data-dir>/quarantine/")
+    parser.add_argument("--data-dir", type=Path, default=Path(os.environ.get("SWORDSEC_DATA_DIR", "data")))
+    parser.add_argument("--watch", type=Path, default=Path(os.environ.get("SWORDSEC_WATCH", "drop")))
+    args = parser.parse_args(argv)
+    from core.quarantine import replay_file
+
+    try:
+        target = replay_file(args.data_dir, args.watch, args.name)
+    except FileNotFoundError as error:
+        print(f"replay: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"replay: {args.name} moved to {target}; the console ingests it from there")
+    return EXIT_OK

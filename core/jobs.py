@@ -1,0 +1,50 @@
+"""RQ job functions. Workers run these and nothing else (see core.taskqueue.SafeJob).
+
+Both are idempotent, so RQ's at-least-once delivery (retries, recovery of abandoned jobs) never
+duplicates a user: the merge is keyed, sequence-guarded and applied atomically in one Lua script.
+"""
+
+from __future__ import annotations
+
+from rq import get_current_job
+
+from core.store import Store
+
+
+def _store(namespace: str) -> Store:
+    return Store(get_current_job().connection, namespace)
+
+
+def merge_batch(batch: dict) -> dict:
+    """Merge one batch of validated users into the store.
+
+    Args:
+        batch (dict): ``namespace``, ``report`` (file report id), ``index`` (batch position in the
+            source), ``seq`` (ingest sequence of the first user), ``key`` (merge key field) and
+            ``users`` (normalised user objects).
+
+    Returns:
+        dict: Counts of ``new``, ``updated`` and ``duplicate`` users, and ``already_merged`` when a
+        retry found the batch applied before.
+    """
+    store = _store(batch["namespace"])
+    return store.merge_batch(batch["report"], batch["index"], batch["seq"], batch["users"], batch["key"])
+
+
+def drain_inbox(namespace: str) -> int:
+    """Merge every user that unary calls left in the inbox.
+
+    Args:
+        namespace (str): Key namespace of the store.
+
+    Returns:
+        int: How many users were merged.
+    """
+    store = _store(namespace)
+    total = 0
+    while taken := store.drain_inbox():
+        total += taken
+    return total
+
+
+ALLOWED = frozenset({f"{__name__}.merge_batch", f"{__name__}.drain_inbox"})

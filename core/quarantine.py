@@ -1,0 +1,34 @@
+"""Files set aside because they were damaged or unreadable, each with a `.error.json` saying why."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import orjson
+
+
+def quarantined(data_dir: Path) -> list[dict]:
+    folder = Path(data_dir) / "quarantine"
+    if not folder.is_dir():
+        return []
+    items = []
+    for error_file in sorted(folder.glob("*.error.json")):
+        try:
+            items.append(orjson.loads(error_file.read_bytes()))
+        except (OSError, orjson.JSONDecodeError):
+            continue
+    return items
+
+
+def replay_file(data_dir: Path, watch: Path, name: str) -> Path:
+    """Move quarantine/NAME back into the watched folder (replacing the damaged original there)."""
+    folder = Path(data_dir) / "quarantine"
+    source = folder / Path(name).name
+    if not source.is_file():
+        raise FileNotFoundError(f"{name} is not in {folder}")
+    Path(watch).mkdir(parents=True, exist_ok=True)
+    target = Path(watch) / source.name
+    os.replace(source, target)
+    (folder / (source.name + ".error.json")).unlink(missing_ok=True)
+    return target

@@ -1,0 +1,87 @@
+"""One user record: validation, normalisation and its merge key (GUIDE §2)."""
+
+from __future__ import annotations
+
+import hashlib
+import numbers
+
+import orjson
+
+from core.config import USER_FIELDS
+
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+STRING_FIELDS = USER_FIELDS[1:]
+# One user is a few hundred bytes; anything far larger is garbage that would bloat a batch message.
+MAX_RECORD_BYTES = 64 * 1024
+
+
+class RecordError(ValueError):
+    """Why one record was rejected; the message is the reason shown in reports."""
+
+
+def normalise(record: object) -> dict:
+    """Return the user with every field present, strings trimmed, or raise RecordError.
+
+    Missing or null string fields become "" (the wire format cannot tell them apart); a missing id
+    becomes 0. Unknown fields are dropped: the merged file keeps the input's field names only.
+    """
+    if not isinstance(record, dict):
+        raise RecordError(f"record is a {_json_type(record)}, not an object")
+    if not record.keys() & set(USER_FIELDS):
+        raise RecordError("record has none of the user fields")
+    user: dict = {}
+    raw_id = record.get("id", 0)
+    if raw_id is None:
+        raw_id = 0
+    if isinstance(raw_id, bool) or not isinstance(raw_id, int):
+        raise RecordError(f"id is a {_json_type(raw_id)}, not an integer")
+    if not INT32_MIN <= raw_id <= INT32_MAX:
+        raise RecordError(f"id {raw_id} does not fit in int32")
+    user["id"] = raw_id
+    size = 0
+    for name in STRING_FIELDS:
+        value = record.get(name)
+        if value is None:
+            value = ""
+        elif not isinstance(value, str):
+            raise RecordError(f"{name} is a {_json_type(value)}, not a string")
+        else:
+            value = value.strip()
+        size += len(value)
+        user[name] = value
+    if size > MAX_RECORD_BYTES:
+        raise RecordError(f"record is {size} characters long, over the {MAX_RECORD_BYTES} limit")
+    return user
+
+
+def merge_key(user: dict, key_field: str = "email") -> str:
+    """The identity of a user: the key field trimmed and case-folded, or a content fingerprint.
+
+    The fingerprint leaves `id` out on purpose: ids restart in every file, so the same person
+    in two files carries two ids and must still be one user.
+    """
+    value = user.get(key_field)
+    if key_field == "id":
+        if value:
+            return f"id:{value}"
+    elif value:
+        return value.casefold()
+    content = {name: user.get(name, "") for name in STRING_FIELDS}
+    digest = hashlib.blake2b(orjson.dumps(content, option=orjson.OPT_SORT_KEYS), digest_size=16).hexdigest()
+    return f"fp:{digest}"
+
+
+def _json_type(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, numbers.Number):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, dict):
+        return "object"
+    return type(value).__name__

@@ -1,0 +1,163 @@
+"""The whole pipeline in one object: Redis, gRPC server, workers, watcher and exporter.
+
+The headless mode and the TUI drive this same object: start(), commands, snapshot(), stop().
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from core.broker import Broker
+from core.client import UsersClient
+from core.config import Settings
+from core.events import EventLog
+from core.exporter import Exporter
+from core.server import GrpcServer, Intake
+from core.store import Store
+from core.supervisor import Supervisor
+from core.taskqueue import make_queue
+from core.watcher import DONE_STATES, Watcher
+
+
+@dataclass
+class Summary:
+    files: int
+    accepted: int
+    rejected: int
+    duplicates: int
+    damaged: int
+    skipped: int
+    users: int
+    seconds: float
+
+    @property
+    def clean(self) -> bool:
+        return self.rejected == 0 and self.damaged == 0
+
+    def line(self) -> str:
+        return (f"{self.files} files, {self.accepted} users accepted, {self.rejected} rejected, "
+                f"{self.duplicates} duplicates, {self.damaged} damaged, {self.skipped} already ingested; "
+                f"all_users.json holds {self.users} users; {self.seconds:.2f} s")
+
+
+class Runtime:
+    def __init__(self, settings: Settings, events: EventLog | None = None, *, serve: bool = True,
+                 watch: bool = True):
+        self.settings = settings
+        self.events = events or EventLog()
+        self.serve = serve
+        self.watch = watch
+        self.broker = Broker(settings.redis_url, settings.data_dir)
+        self.store: Store | None = None
+        self.queue = None
+        self.server: GrpcServer | None = None
+        self.supervisor: Supervisor | None = None
+        self.client: UsersClient | None = None
+        self.watcher: Watcher | None = None
+        self.exporter: Exporter | None = None
+        self.started_at = time.time()
+
+    def emit(self, level: str, text: str) -> None:
+        self.events.emit(level, text)
+
+    # -- lifecycle ------------------------------------------------------------------------------------
+    def start(self) -> "Runtime":
+        s = self.settings
+        connection = self.broker.start()
+        kind = "embedded" if self.broker.embedded else "external"
+        self.emit("info", f"redis: {kind} at {self.broker.display_url}")
+        self.store = Store(connection, s.namespace)
+        self.queue = make_queue(connection, s.namespace)
+        self.supervisor = Supervisor(connection, self.broker.url, s.namespace, s.workers, on_event=self.emit)
+        self.supervisor.start()
+        self.emit("info", f"workers: {s.workers} started")
+        if self.serve:
+            intake = Intake(self.store, self.queue, s.merge_key, s.batch_size)
+            self.server = GrpcServer(intake, s.grpc_listen)
+            self.server.start()
+            self.emit("info", f"gRPC: serving Users on {self.server.address}")
+            self.exporter = Exporter(self.store, s.output_path, s.export_interval, on_event=self.emit)
+            self.exporter.start()
+            self.client = UsersClient(self._client_target())
+            self.watcher = Watcher(s.watch, s.data_dir, self.store, self.client, self.events,
+                                   batch_size=s.batch_size, quiet_period=s.quiet_period, poll=s.poll,
+                                   after_merge=s.after_merge, backlog=self.backlog, max_backlog=s.max_backlog)
+            if self.watch:
+                self.watcher.start()
+                self.emit("info", f"watching {s.watch} for {', '.join('*' + p for p in ('.json', '.jsonl', '.ndjson'))}")
+        return self
+
+    def _client_target(self) -> str:
+        host = self.server.address.rpartition(":")[0]
+        if host in ("0.0.0.0", "[::]", "::", ""):
+            host = "127.0.0.1"
+        return f"{host}:{self.server.port}"
+
+    def stop(self) -> None:
+        """Stop in dependency order; accepted users are already in Redis, so nothing is lost."""
+        if self.watcher:
+            self.watcher.stop()
+        if self.server:
+            self.server.stop(grace=5.0)
+        if self.client:
+            self.client.close()
+        if self.supervisor:
+            self.supervisor.stop()
+        if self.exporter:
+            self.exporter.stop()
+            try:
+                self.exporter.write()
+            except Exception as error:  # Redis already gone: the last periodic export stands
+                self.emit("error", f"final export failed: {error}")
+        self.broker.stop()
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    # -- queries --------------------------------------------------------------------------------------
+    def backlog(self) -> int:
+        return len(self.queue) if self.queue is not None else 0
+
+    def wait_merged(self, report_ids: list[str], timeout: float | None = None) -> None:
+        """Block until every report is merged or rejected and the unary inbox is empty."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pending = set(report_ids)
+        while pending:
+            for report_id in list(pending):
+                if self.store.report(report_id).get("state") in DONE_STATES:
+                    pending.discard(report_id)
+            if not pending:
+                break
+            if self.supervisor.alive_count() == 0 and self.settings.workers == 0:
+                raise RuntimeError("no workers: start `swordsec-console worker` or pass --workers N")
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"{len(pending)} file(s) not merged in time")
+            time.sleep(0.05)
+
+    def run_once(self) -> Summary:
+        """Ingest every file now in the watched folder, wait for the merge, write all_users.json."""
+        started = time.monotonic()
+        self.watcher.folder.mkdir(parents=True, exist_ok=True)
+        self.watcher.scan()
+        ids, refused = [], 0
+        for path in self.watcher.drain_now():
+            report_id = self.watcher.ingest(path)
+            if report_id:
+                ids.append(report_id)
+            else:
+                refused += 1
+        self.wait_merged(ids)
+        info = self.exporter.write()
+        reports = [self.store.report(i) for i in ids]
+        fresh = [r for r in reports if r.get("finished_at", 0) >= self.started_at]
+        skipped = len(reports) - len(fresh)
+        return Summary(
+            files=len(reports) + refused, accepted=sum(r.get("accepted", 0) for r in fresh),
+            rejected=sum(r.get("rejected", 0) for r in fresh), duplicates=sum(r.get("duplicate", 0) for r in fresh),
+            damaged=refused + sum(1 for r in fresh if r.get("damage")), skipped=skipped, users=info["count"],
+            seconds=time.monotonic() - started,
+        )

@@ -1,0 +1,195 @@
+"""The gRPC `Users` service: convert, validate, hand to Redis, report. No merging happens here.
+
+An answer says ok only after the users it covers are in Redis: a batch as an RQ job, a unary user in
+the inbox that a drain job empties. Health and reflection are registered; stop() is graceful.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import uuid
+from concurrent import futures
+
+import grpc
+import orjson
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from core.records import RecordError, normalise
+from core.store import Store
+from core.taskqueue import enqueue_batch, enqueue_drain
+from protobufs import users_pb2, users_pb2_grpc
+
+SERVICE_NAME = users_pb2.DESCRIPTOR.services_by_name["Users"].full_name
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+MAX_REASONS = 20
+PB_FIELDS = tuple(f.name for f in users_pb2.UserRequest.DESCRIPTOR.fields)
+
+
+def user_from_pb(message: users_pb2.UserRequest) -> dict:
+    return {name: getattr(message, name) for name in PB_FIELDS}
+
+
+class Intake:
+    """Validates users and hands them to Redis; shared by every RPC so they behave alike."""
+
+    def __init__(self, store: Store, queue, key_field: str, batch_size: int):
+        self.store = store
+        self.queue = queue
+        self.key_field = key_field
+        self.batch_size = batch_size
+
+    def validate(self, records, first_record: int, report: "Tally") -> list[dict]:
+        users = []
+        for offset, record in enumerate(records):
+            try:
+                users.append(normalise(record))
+            except RecordError as error:
+                report.reject(first_record + offset, str(error))
+        return users
+
+    def enqueue(self, report_id: str, source: str, index: int, users: list[dict]) -> None:
+        """One job per batch, even an empty one (all rejected): the file's batch tally must complete."""
+        seq = self.store.reserve_seq(max(1, len(users)))
+        enqueue_batch(self.queue, {"namespace": self.store.ns, "report": report_id, "index": index, "seq": seq,
+                                   "key": self.key_field, "source": source, "users": users})
+
+    def unary(self, user: dict) -> None:
+        if self.store.push_unary(user, self.key_field):
+            enqueue_drain(self.queue, self.store.ns)
+
+
+class Tally:
+    def __init__(self):
+        self.accepted = 0
+        self.rejected = 0
+        self.batches = 0
+        self.reasons: list[tuple[int, str]] = []
+
+    def reject(self, record: int, reason: str) -> None:
+        self.rejected += 1
+        if len(self.reasons) < MAX_REASONS:
+            self.reasons.append((record, reason))
+
+    def message(self) -> str:
+        text = f"accepted {self.accepted}, rejected {self.rejected}"
+        if self.reasons:
+            record, reason = self.reasons[0]
+            text += f" (first: record {record}: {reason})"
+        return text
+
+
+class UsersService(users_pb2_grpc.UsersServicer):
+    def __init__(self, intake: Intake):
+        self.intake = intake
+        self.calls = itertools.count()
+        self.calls_done = 0
+        self.open_streams = 0
+        self.users_accepted = 0
+        self._lock = threading.Lock()
+
+    def _begin(self, stream: bool) -> None:
+        with self._lock:
+            self.calls_done = next(self.calls) + 1
+            self.open_streams += stream
+
+    def _end(self, stream: bool, accepted: int) -> None:
+        with self._lock:
+            self.open_streams -= stream
+            self.users_accepted += accepted
+
+    def SendUserInfo(self, request, context):
+        self._begin(False)
+        try:
+            user = normalise(user_from_pb(request))
+        except RecordError as error:
+            self._end(False, 0)
+            return users_pb2.UserResponse(status=False, message=str(error))
+        self.intake.unary(user)
+        self._end(False, 1)
+        return users_pb2.UserResponse(status=True, message="ok")
+
+    def SendUserInfoClientStream(self, request_iterator, context):
+        self._begin(True)
+        tally, report_id = Tally(), "adhoc-" + uuid.uuid4().hex
+        pending: list[dict] = []
+        record = 0
+        try:
+            for request in request_iterator:
+                pending.extend(self.intake.validate([user_from_pb(request)], record, tally))
+                record += 1
+                if len(pending) >= self.intake.batch_size:
+                    self._flush(report_id, tally, pending)
+            if pending:
+                self._flush(report_id, tally, pending)
+            self.intake.store.finish_report(report_id, tally.batches, name="client stream", state="queued",
+                                            records=record, accepted=tally.accepted, rejected=tally.rejected)
+        finally:
+            self._end(True, tally.accepted)
+        return users_pb2.UserResponse(status=tally.rejected == 0, message=tally.message())
+
+    def _flush(self, report_id: str, tally: Tally, pending: list[dict]) -> None:
+        self.intake.enqueue(report_id, "client stream", tally.batches, list(pending))
+        tally.accepted += len(pending)
+        tally.batches += 1
+        pending.clear()
+
+    def SendUserBatches(self, request_iterator, context):
+        self._begin(True)
+        tally = Tally()
+        try:
+            for batch in request_iterator:
+                report_id = batch.file_id or ("adhoc-" + uuid.uuid4().hex)
+                records: list = [user_from_pb(u) for u in batch.users]
+                if batch.users_json:
+                    try:
+                        records.extend(orjson.loads(batch.users_json))
+                    except orjson.JSONDecodeError as error:
+                        context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"batch {batch.index}: users_json: {error}")
+                users = self.intake.validate(records, batch.first_record, tally)
+                self.intake.enqueue(report_id, batch.source or "stream", batch.index, users)
+                tally.accepted += len(users)
+                tally.batches += 1
+        finally:
+            self._end(True, tally.accepted)
+        return users_pb2.IngestReport(
+            status=tally.rejected == 0, message=tally.message(), accepted=tally.accepted, rejected=tally.rejected,
+            batches=tally.batches, rejections=[users_pb2.Rejection(record=r, reason=m) for r, m in tally.reasons],
+        )
+
+
+class GrpcServer:
+    """The gRPC server with health and reflection; `port` is the bound port (use port 0 in tests)."""
+
+    def __init__(self, intake: Intake, listen: str, max_workers: int = 16):
+        self.service = UsersService(intake)
+        self.health = health.HealthServicer()
+        self.listen = listen
+        options = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                   ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)]
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
+                                  options=options)
+        users_pb2_grpc.add_UsersServicer_to_server(self.service, self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
+        self.port = self.server.add_insecure_port(listen)
+        if self.port == 0:
+            raise OSError(f"cannot listen on {listen} for gRPC (address in use or not available)")
+        self.serving = False
+
+    @property
+    def address(self) -> str:
+        host = self.listen.rpartition(":")[0]
+        return f"{host}:{self.port}"
+
+    def start(self) -> None:
+        self.server.start()
+        for name in ("", SERVICE_NAME):
+            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self.serving = True
+
+    def stop(self, grace: float = 5.0) -> None:
+        self.serving = False
+        self.health.enter_graceful_shutdown()
+        self.server.stop(grace).wait()

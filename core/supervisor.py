@@ -1,0 +1,190 @@
+"""Start, watch, restart and scale RQ worker processes.
+
+Workers are separate processes (RQ's job timeouts rely on signals in a main thread, and a crash of one
+must not take the console down). The supervisor is their parent, so it sees a death at once: it
+hands the dead worker's unfinished jobs back to RQ's own abandoned-job recovery (retry, since every
+job carries a Retry) instead of waiting for a heartbeat to expire, and starts a replacement.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+
+import redis
+from rq.registry import StartedJobRegistry
+from rq.worker import Worker
+
+from core.taskqueue import JSONSerializer, SafeJob
+from core.worker_process import URL_VARIABLE
+
+RESTART_BACKOFF = (0.5, 1, 2, 5, 10)
+STOP_GRACE = 15.0
+
+
+@dataclass
+class WorkerProcess:
+    name: str
+    process: subprocess.Popen
+    started_at: float = field(default_factory=time.time)
+    restarts: int = 0
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    @property
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+
+class Supervisor:
+    def __init__(self, connection: redis.Redis, redis_url: str, queue_name: str, desired: int, on_event=None):
+        self.connection = connection
+        self.redis_url = redis_url
+        self.queue_name = queue_name
+        self.desired = desired
+        self.on_event = on_event or (lambda level, text: None)
+        self.workers: list[WorkerProcess] = []
+        self.dead: list[dict] = []
+        self._lock = threading.RLock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._serial = 0
+        self._host = socket.gethostname().split(".")[0]
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+    def start(self) -> None:
+        with self._lock:
+            self._reconcile()
+        self._thread = threading.Thread(target=self._watch, name="supervisor", daemon=True)
+        self._thread.start()
+
+    def stop(self, grace: float = STOP_GRACE) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout=5)
+        with self._lock:
+            for worker in self.workers:
+                self._terminate(worker)
+            deadline = time.monotonic() + grace
+            for worker in self.workers:
+                try:
+                    worker.process.wait(timeout=max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    worker.process.kill()
+                    worker.process.wait()
+            self.workers.clear()
+
+    # -- commands ------------------------------------------------------------------------------------
+    def scale(self, desired: int) -> None:
+        with self._lock:
+            self.desired = max(0, desired)
+            self._reconcile()
+
+    def stop_worker(self, name: str) -> bool:
+        """Stop one worker after its current job; the desired count drops by one."""
+        with self._lock:
+            for worker in self.workers:
+                if worker.name == name:
+                    self.workers.remove(worker)
+                    self.desired = max(0, self.desired - 1)
+                    self._terminate(worker)
+                    self.on_event("info", f"worker {name} stopping")
+                    return True
+        return False
+
+    def restart_worker(self, name: str) -> bool:
+        with self._lock:
+            for worker in self.workers:
+                if worker.name == name:
+                    self._terminate(worker)
+                    self.on_event("info", f"worker {name} restarting")
+                    return True
+        return False
+
+    def alive_count(self) -> int:
+        with self._lock:
+            return sum(1 for w in self.workers if w.alive)
+
+    def processes(self) -> list[dict]:
+        with self._lock:
+            return [{"name": w.name, "pid": w.pid, "alive": w.alive, "restarts": w.restarts,
+                     "started_at": w.started_at} for w in self.workers]
+
+    # -- internals -------------------------------------------------------------------------------------
+    def _spawn(self, restarts: int = 0) -> WorkerProcess:
+        self._serial += 1
+        name = f"swordsec-{self._host}-{os.getpid()}-{self._serial}"
+        env = dict(os.environ, **{URL_VARIABLE: self.redis_url, "SWORDSEC_WORKER_SUPERVISED": "1"})
+        process = subprocess.Popen(
+            [sys.executable, "-m", "core.worker_process", self.queue_name, name],
+            env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        return WorkerProcess(name=name, process=process, restarts=restarts)
+
+    def _reconcile(self) -> None:
+        while len(self.workers) < self.desired:
+            self.workers.append(self._spawn())
+        while len(self.workers) > self.desired:
+            worker = self.workers.pop()
+            self._terminate(worker)
+
+    @staticmethod
+    def _terminate(worker: WorkerProcess) -> None:
+        if worker.alive:
+            worker.process.terminate()  # RQ's warm shutdown: the current job finishes first
+
+    def _watch(self) -> None:
+        while not self._stop.wait(0.25):
+            with self._lock:
+                for index, worker in enumerate(list(self.workers)):
+                    code = worker.process.poll()
+                    if code is None:
+                        continue
+                    self.dead.append({"name": worker.name, "pid": worker.pid, "code": code, "at": time.time()})
+                    del self.dead[:-50]
+                    self._recover(worker.name)
+                    if self._stop.is_set():
+                        return
+                    delay = RESTART_BACKOFF[min(worker.restarts, len(RESTART_BACKOFF) - 1)]
+                    if time.time() - worker.started_at > 60:
+                        worker.restarts, delay = 0, RESTART_BACKOFF[0]
+                    self.on_event("warning", f"worker {worker.name} (pid {worker.pid}) exited with {code}; "
+                                             f"restarting in {delay:g} s")
+                    self.workers.remove(worker)
+                    threading.Timer(delay, self._replace, args=(worker.restarts + 1,)).start()
+
+    def _replace(self, restarts: int) -> None:
+        with self._lock:
+            if self._stop.is_set() or len(self.workers) >= self.desired:
+                return
+            self.workers.append(self._spawn(restarts))
+
+    def _recover(self, dead_name: str) -> None:
+        """Mark the dead worker's started jobs as expired and let RQ's cleanup retry them now."""
+        try:
+            registry = StartedJobRegistry(self.queue_name, connection=self.connection, job_class=SafeJob,
+                                          serializer=JSONSerializer)
+            members = self.connection.zrange(registry.key, 0, -1)
+            expired = {}
+            for member in members:
+                job_id = member.decode().split(":", 1)[0]
+                worker_name = self.connection.hget(f"rq:job:{job_id}", "worker_name")
+                if worker_name is not None and worker_name.decode() == dead_name:
+                    expired[member] = 0
+            if expired:
+                self.connection.zadd(registry.key, expired)
+                registry.cleanup()
+                self.on_event("warning", f"requeued {len(expired)} job(s) left by dead worker {dead_name}")
+            worker = Worker.find_by_key(f"rq:worker:{dead_name}", connection=self.connection,
+                                        serializer=JSONSerializer)
+            if worker is not None:
+                worker.register_death()
+        except redis.RedisError as error:
+            self.on_event("error", f"could not recover jobs of {dead_name}: {error}")

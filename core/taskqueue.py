@@ -1,0 +1,103 @@
+"""RQ wiring shared by the server (enqueue) and the workers (dequeue): serializer, job class, worker class."""
+
+from __future__ import annotations
+
+import orjson
+import redis
+from rq import Queue, Retry, Worker
+from rq.job import Job
+
+from core import jobs
+
+# Retries cover a work-horse that dies mid-batch; the merge is idempotent, so a retry is always safe.
+RETRY = Retry(max=5, interval=[1, 2, 5, 10, 30])
+JOB_TIMEOUT = 300
+RESULT_TTL = 600
+# Heartbeats every 5 s and registry maintenance every 15 s: a whole worker killed with SIGKILL is
+# noticed by a surviving worker on any machine within ~80 s (job heartbeat TTL is monitoring + 60 s);
+# our own supervisor requeues its dead workers' jobs at once (core.supervisor).
+JOB_MONITORING_INTERVAL = 5
+MAINTENANCE_INTERVAL = 15
+WORKER_TTL = 30
+
+
+class JSONSerializer:
+    """RQ's JSON serializer contract, with orjson. Its output is plain JSON, so `rq info`, rq-dashboard
+    and anything using `rq.serializers.JSONSerializer` read our jobs. Never pickle: a pickled job lets
+    anyone who can write to Redis run code in the workers."""
+
+    @staticmethod
+    def dumps(obj, *args, **kwargs) -> bytes:
+        return orjson.dumps(obj)
+
+    @staticmethod
+    def loads(data, *args, **kwargs):
+        return orjson.loads(data)
+
+
+class ForeignJobRefused(RuntimeError):
+    """A job that names a function outside core.jobs; it fails without anything being imported."""
+
+
+class SafeJob(Job):
+    """A job that will only call our own job functions.
+
+    RQ resolves a job's function by import path even with a JSON serializer, so anyone able to write
+    to the queue could name `os.system`. The check happens before the function is imported; callbacks
+    (also resolved by name) are never honoured because we never set any.
+    """
+
+    def refusal(self) -> str | None:
+        if self.instance is not None or self.func_name not in jobs.ALLOWED:
+            return f"refused: {self.func_name!r} is not a swordsec job function"
+        return None
+
+    def _execute(self):
+        reason = self.refusal()
+        if reason:
+            raise ForeignJobRefused(reason)
+        return super()._execute()
+
+    @property
+    def success_callback(self):
+        return None
+
+    @property
+    def failure_callback(self):
+        return None
+
+    @property
+    def stopped_callback(self):
+        return None
+
+
+class SwordsecWorker(Worker):
+    job_class = SafeJob
+
+
+def make_queue(connection: redis.Redis, name: str) -> Queue:
+    return Queue(name, connection=connection, serializer=JSONSerializer, job_class=SafeJob)
+
+
+def make_worker(connection: redis.Redis, queue_name: str, name: str | None = None) -> SwordsecWorker:
+    return SwordsecWorker(
+        [make_queue(connection, queue_name)],
+        connection=connection,
+        name=name,
+        serializer=JSONSerializer,
+        job_class=SafeJob,
+        worker_ttl=WORKER_TTL,
+        maintenance_interval=MAINTENANCE_INTERVAL,
+        job_monitoring_interval=JOB_MONITORING_INTERVAL,
+    )
+
+
+def enqueue_batch(queue: Queue, batch: dict) -> Job:
+    job_id = f"batch-{batch['report']}-{batch['index']}-{batch['seq']}"
+    return queue.enqueue(jobs.merge_batch, batch, job_id=job_id, retry=RETRY, job_timeout=JOB_TIMEOUT,
+                         result_ttl=RESULT_TTL, description=f"merge {len(batch['users'])} users of {batch['source']}")
+
+
+def enqueue_drain(queue: Queue, namespace: str) -> Job:
+    return queue.enqueue(jobs.drain_inbox, namespace, retry=RETRY, job_timeout=JOB_TIMEOUT, result_ttl=RESULT_TTL,
+                         description="merge unary users")

@@ -1,0 +1,273 @@
+"""The drop folder: startup scan, then watchfiles events; each stable file streamed once through gRPC.
+
+A file is read when it is stable: its modification time is at least the quiet period old and its size
+and mtime did not move since we last looked. A file renamed in whole keeps its old mtime, so it is
+read at once; one still being written keeps a fresh mtime and waits.
+
+The ledger is the file report in Redis, keyed by a fingerprint of the content: a file whose report
+says merged is never read again (under any name); one that was left streaming or queued by a console
+that died is read again, and idempotent merging makes that safe.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import queue
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import orjson
+import redis
+import watchfiles
+
+from core.client import SendResult, UsersClient
+from core.events import EventLog
+from core.store import Store
+
+PATTERNS = (".json", ".jsonl", ".ndjson")
+IGNORED_SUFFIXES = (".part", ".tmp", "~")
+DONE_STATES = ("merged", "rejected")
+
+
+def is_candidate(path: Path) -> bool:
+    name = path.name
+    return (not name.startswith(".") and name.lower().endswith(PATTERNS)
+            and not name.endswith(IGNORED_SUFFIXES))
+
+
+def fingerprint(path: Path) -> str:
+    digest = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class Watcher:
+    def __init__(self, folder: Path, data_dir: Path, store: Store, client: UsersClient, events: EventLog, *,
+                 batch_size: int = 1000, quiet_period: float = 1.0, poll: bool = False, after_merge: str = "keep",
+                 backlog: Callable[[], int] = lambda: 0, max_backlog: int = 200):
+        self.folder = Path(folder)
+        self.data_dir = Path(data_dir)
+        self.quarantine = self.data_dir / "quarantine"
+        self.store = store
+        self.client = client
+        self.events = events
+        self.batch_size = batch_size
+        self.quiet_period = quiet_period
+        self.poll = poll
+        self.after_merge = after_merge
+        self.backlog = backlog
+        self.max_backlog = max_backlog
+        self.paused = threading.Event()
+        self.candidates: dict[Path, tuple[int, int]] = {}
+        self.ready: queue.Queue[Path | None] = queue.Queue()
+        self.current: str | None = None
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._lock = threading.Lock()
+
+    # -- lifecycle ------------------------------------------------------------------------------------
+    def start(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.scan()
+        for target, name in ((self._watch, "watcher"), (self._ingest_loop, "ingest")):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.ready.put(None)
+        for thread in self._threads:
+            thread.join(timeout=30)
+
+    def pause(self) -> None:
+        self.paused.set()
+        self.events.emit("info", "watcher paused")
+
+    def resume(self) -> None:
+        self.paused.clear()
+        self.events.emit("info", "watcher resumed")
+
+    @property
+    def waiting(self) -> int:
+        return len(self.candidates) + self.ready.qsize()
+
+    # -- discovery ------------------------------------------------------------------------------------
+    def scan(self) -> None:
+        """Note every candidate file now in the folder (the startup scan; watchfiles reports only changes)."""
+        try:
+            entries = sorted(self.folder.iterdir())
+        except OSError as error:
+            self.events.emit("error", f"cannot read the watched folder {self.folder}: {error.strerror}")
+            return
+        for path in entries:
+            self._note(path)
+
+    def _note(self, path: Path) -> None:
+        if path.parent != self.folder or not is_candidate(path):
+            return
+        with self._lock:
+            self.candidates.setdefault(path, (-1, -1))
+
+    def _watch(self) -> None:
+        disposed_at = 0.0
+        try:
+            for changes in watchfiles.watch(self.folder, stop_event=self._stop, force_polling=self.poll or None,
+                                            yield_on_timeout=True, rust_timeout=200, debounce=100,
+                                            recursive=False, raise_interrupt=False):
+                for change, name in changes:
+                    if change != watchfiles.Change.deleted:
+                        self._note(Path(name))
+                self._promote_stable()
+                if time.monotonic() - disposed_at > 1.0:
+                    disposed_at = time.monotonic()
+                    self._dispose_merged()
+        except Exception as error:  # the folder vanished, permissions changed: say so, don't die silently
+            self.events.emit("error", f"watching {self.folder} stopped: {error}")
+
+    def _promote_stable(self) -> None:
+        if self.paused.is_set():
+            return
+        now = time.time()
+        with self._lock:
+            for path, seen in list(self.candidates.items()):
+                try:
+                    stat = path.lstat() if path.is_symlink() else path.stat()
+                except OSError:
+                    del self.candidates[path]
+                    continue
+                current = (stat.st_size, stat.st_mtime_ns)
+                if current != seen:
+                    self.candidates[path] = current
+                    if seen != (-1, -1) or now - stat.st_mtime < self.quiet_period:
+                        continue
+                elif now - stat.st_mtime < self.quiet_period:
+                    continue
+                del self.candidates[path]
+                self.ready.put(path)
+
+    def drain_now(self) -> list[Path]:
+        """For --once: every candidate, waiting only for files still being written."""
+        paths = []
+        while self.candidates:
+            self._promote_stable()
+            while not self.ready.empty():
+                item = self.ready.get()
+                if item is not None:
+                    paths.append(item)
+            if self.candidates:
+                time.sleep(0.1)
+        return paths
+
+    def _ingest_loop(self) -> None:
+        while not self._stop.is_set():
+            path = self.ready.get()
+            if path is None:
+                return
+            while self.paused.is_set() and not self._stop.is_set():
+                self._stop.wait(0.2)
+            try:
+                self.ingest(path)
+            except (redis.RedisError, OSError) as error:
+                self.events.emit("error", f"{path.name}: ingest failed, will retry: {error}")
+                self._stop.wait(2.0)
+                self._note(path)
+            except Exception as error:  # a gRPC failure: keep the file for the next try
+                self.events.emit("error", f"{path.name}: ingest failed, will retry: {error}")
+                self._stop.wait(2.0)
+                self._note(path)
+
+    # -- one file ---------------------------------------------------------------------------------------
+    def ingest(self, path: Path) -> str | None:
+        """Stream one file unless the ledger says it is done; returns its report id (None if refused)."""
+        if path.is_symlink():
+            target = path.resolve()
+            if not target.is_relative_to(self.folder.resolve()):
+                self.events.emit("warning", f"{path.name}: refused: symlink leads outside the watched folder "
+                                            f"(to {target})", file=path.name, state="refused")
+                return None
+        if not path.exists():
+            return None
+        report_id = fingerprint(path)
+        known = self.store.report(report_id)
+        if known.get("state") in DONE_STATES:
+            same = known.get("name")
+            note = "" if same == path.name else f" (same content as {same})"
+            self.events.emit("info", f"{path.name}: already ingested{note}; skipped", file=path.name, id=report_id)
+            return report_id
+        self.current = path.name
+        started = time.time()
+        self.store.update_report(report_id, name=path.name, path=str(path), state="streaming", started_at=started,
+                                 size=path.stat().st_size)
+        try:
+            result = self.client.send_file(path, file_id=report_id, batch_size=self.batch_size,
+                                           on_progress=lambda r: self._progress(report_id, r))
+        finally:
+            self.current = None
+        self._finish(path, report_id, result, started)
+        return report_id
+
+    def _progress(self, report_id: str, result: SendResult) -> None:
+        self.store.update_report(report_id, records=result.records, rejected=result.rejected)
+        while self.backlog() > self.max_backlog and not self._stop.is_set():
+            self._stop.wait(0.1)
+
+    def _finish(self, path: Path, report_id: str, result: SendResult, started: float) -> None:
+        fields = dict(records=result.records, accepted=result.accepted, rejected=result.rejected,
+                      reasons=[f"record {n}: {why}" for n, why in result.reasons], size=result.size,
+                      damage=result.damage or "", seconds=round(time.time() - started, 3), finished_at=time.time())
+        if result.unreadable:
+            fields["state"] = "rejected"
+        else:
+            fields["state"] = "queued"
+        merged = self.store.finish_report(report_id, result.batches, **fields)
+        if result.damage:
+            self._quarantine(path, report_id, result)
+        state = "rejected" if result.unreadable else ("merged" if merged else "queued")
+        reason = f"; {result.damage}" if result.damage else ""
+        level = "warning" if result.damage or result.rejected else "info"
+        self.events.emit(level, f"{path.name}: {state}: {result.records} records, {result.accepted} accepted, "
+                                f"{result.rejected} rejected in {result.seconds:.2f} s{reason}",
+                         file=path.name, id=report_id, state=state)
+
+    def _quarantine(self, path: Path, report_id: str, result: SendResult) -> None:
+        """Set a damaged file aside with the reason next to it; the original stays where the user put it."""
+        self.quarantine.mkdir(parents=True, exist_ok=True)
+        try:
+            shutil.copy2(path, self.quarantine / path.name)
+        except OSError as error:
+            self.events.emit("error", f"{path.name}: cannot copy to quarantine: {error.strerror}")
+            return
+        reason = {"file": path.name, "id": report_id, "reason": result.damage, "records_kept": result.accepted,
+                  "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        (self.quarantine / (path.name + ".error.json")).write_bytes(orjson.dumps(reason, option=orjson.OPT_INDENT_2))
+
+    def _dispose_merged(self) -> None:
+        """Apply --after-merge to files whose users are all merged."""
+        if self.after_merge == "keep":
+            return
+        try:
+            self._dispose_each()
+        except (redis.RedisError, OSError) as error:
+            self.events.emit("error", f"after-merge {self.after_merge} failed: {error}")
+
+    def _dispose_each(self) -> None:
+        for report in self.store.reports(limit=200):
+            if report.get("state") != "merged" or report.get("disposed"):
+                continue
+            path = Path(report.get("path", ""))
+            if path.parent != self.folder or not path.exists() or fingerprint(path) != report["id"]:
+                continue
+            if self.after_merge == "delete":
+                path.unlink()
+            else:
+                target = self.folder / "processed"
+                target.mkdir(exist_ok=True)
+                os.replace(path, target / path.name)
+            self.store.update_report(report["id"], disposed=self.after_merge)
