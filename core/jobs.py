@@ -6,9 +6,26 @@ duplicates a user: the merge is keyed, sequence-guarded and applied atomically i
 
 from __future__ import annotations
 
+import os
+import time
+from pathlib import Path
+
 from rq import get_current_job
 
 from core.store import Store
+
+# Crash tests need a batch that is provably mid-flight: when this names a file that exists, a job
+# writes "<pid>" to <file>.started and waits until the file is removed. Unset in production.
+FAILPOINT = "SWORDSEC_FAILPOINT_GATE"
+
+
+def _failpoint() -> None:
+    gate = os.environ.get(FAILPOINT)
+    if not gate or not Path(gate).exists():
+        return
+    Path(gate + ".started").write_text(str(os.getpid()))
+    while Path(gate).exists():
+        time.sleep(0.02)
 
 
 def _store(namespace: str) -> Store:
@@ -27,6 +44,7 @@ def merge_batch(batch: dict) -> dict:
         dict: Counts of ``new``, ``updated`` and ``duplicate`` users, and ``already_merged`` when a
         retry found the batch applied before.
     """
+    _failpoint()
     store = _store(batch["namespace"])
     return store.merge_batch(batch["report"], batch["index"], batch["seq"], batch["users"], batch["key"])
 

@@ -10,7 +10,8 @@ from rq.job import Job
 from core import jobs
 
 # Retries cover a work-horse that dies mid-batch; the merge is idempotent, so a retry is always safe.
-RETRY = Retry(max=5, interval=[1, 2, 5, 10, 30])
+# No interval: a delayed retry would need RQ's scheduler process, and an immediate one is what we want.
+RETRY = Retry(max=5)
 JOB_TIMEOUT = 300
 RESULT_TTL = 600
 # Heartbeats every 5 s and registry maintenance every 15 s: a whole worker killed with SIGKILL is

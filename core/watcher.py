@@ -184,23 +184,26 @@ class Watcher:
                 self._note(path)
 
     # -- one file ---------------------------------------------------------------------------------------
-    def ingest(self, path: Path) -> str | None:
-        """Stream one file unless the ledger says it is done; returns its report id (None if refused)."""
+    def ingest(self, path: Path) -> tuple[str | None, str]:
+        """Stream one file unless the ledger says it is done.
+
+        Returns (report id, outcome): outcome is "sent", "skipped" (already ingested), "refused" or "gone".
+        """
         if path.is_symlink():
             target = path.resolve()
             if not target.is_relative_to(self.folder.resolve()):
                 self.events.emit("warning", f"{path.name}: refused: symlink leads outside the watched folder "
                                             f"(to {target})", file=path.name, state="refused")
-                return None
+                return None, "refused"
         if not path.exists():
-            return None
+            return None, "gone"
         report_id = fingerprint(path)
         known = self.store.report(report_id)
         if known.get("state") in DONE_STATES:
             same = known.get("name")
             note = "" if same == path.name else f" (same content as {same})"
             self.events.emit("info", f"{path.name}: already ingested{note}; skipped", file=path.name, id=report_id)
-            return report_id
+            return report_id, "skipped"
         self.current = path.name
         started = time.time()
         self.store.update_report(report_id, name=path.name, path=str(path), state="streaming", started_at=started,
@@ -211,7 +214,7 @@ class Watcher:
         finally:
             self.current = None
         self._finish(path, report_id, result, started)
-        return report_id
+        return report_id, "sent"
 
     def _progress(self, report_id: str, result: SendResult) -> None:
         self.store.update_report(report_id, records=result.records, rejected=result.rejected)

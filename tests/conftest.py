@@ -1,0 +1,109 @@
+"""Real services for tests: Redis (embedded and external), gRPC on a loopback port, worker processes.
+
+Every test gets its own key namespace (which is also its RQ queue name), so no test sees another's keys.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import redis
+
+from core.broker import Broker
+from core.config import Settings
+from core.runtime import Runtime
+
+ROOT = Path(__file__).resolve().parent.parent
+CHALLENGE = ROOT.parent / "shared" / "data" / "challenge"
+EXTERNAL_URL = os.environ.get("SWORDSEC_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def wait_for(predicate, timeout: float = 30.0, interval: float = 0.05, message: str = "condition"):
+    """Poll until predicate() is truthy; fail the test with `message` at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:.0f} s waiting for {message}")
+        time.sleep(interval)
+
+
+def external_redis_available() -> bool:
+    try:
+        redis.Redis.from_url(EXTERNAL_URL, socket_connect_timeout=1).ping()
+        return True
+    except redis.RedisError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def embedded_broker(tmp_path_factory):
+    broker = Broker(None, tmp_path_factory.mktemp("embedded-redis"))
+    broker.start()
+    yield broker
+    broker.stop()
+
+
+@pytest.fixture(params=["embedded", "external"])
+def redis_url(request, embedded_broker) -> str:
+    """Each test that takes this runs twice: on the embedded Redis and on the machine's Redis."""
+    if request.param == "embedded":
+        return embedded_broker.url
+    if not external_redis_available():
+        pytest.skip(f"no external Redis answers at {EXTERNAL_URL} (set SWORDSEC_TEST_REDIS_URL to test one)")
+    return EXTERNAL_URL
+
+
+@pytest.fixture
+def namespace() -> str:
+    return "t" + uuid.uuid4().hex[:10]
+
+
+@pytest.fixture
+def connection(redis_url, namespace):
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    for key in client.scan_iter(match=f"{namespace}:*", count=1000):
+        client.delete(key)
+    client.close()
+
+
+@pytest.fixture
+def make_settings(tmp_path, redis_url, namespace):
+    def build(**overrides) -> Settings:
+        values = dict(watch=tmp_path / "drop", data_dir=tmp_path / "data", redis_url=redis_url,
+                      grpc_listen="127.0.0.1:0", workers=2, namespace=namespace, quiet_period=0.3)
+        values.update(overrides)
+        return Settings.build(values, environ={})
+
+    return build
+
+
+@pytest.fixture
+def runtime_factory(make_settings, connection):
+    started: list[Runtime] = []
+
+    def start(watch: bool = True, **overrides) -> Runtime:
+        runtime = Runtime(make_settings(**overrides), watch=watch)
+        started.append(runtime)
+        return runtime.start()
+
+    yield start
+    for runtime in started:
+        runtime.stop()
+
+
+def copy_challenge(folder: Path, names=None) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    copied = []
+    for source in sorted(CHALLENGE.glob("*.json")):
+        if names is None or source.name in names:
+            copied.append(Path(shutil.copy(source, folder / source.name)))
+    return copied

@@ -1,0 +1,101 @@
+"""The whole pipeline on the challenge files, on the embedded and the external Redis."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import orjson
+
+from core.store import Store
+from tests.conftest import CHALLENGE, copy_challenge
+
+COMPLETE_USERS = 9977  # ten files of 1,000; 6.json is cut inside its record 978
+
+
+def load(path):
+    return json.loads(path.read_text())
+
+
+def test_once_merges_every_complete_record_and_reports_the_truncated_file(runtime_factory, tmp_path):
+    copy_challenge(tmp_path / "drop")
+    runtime = runtime_factory(watch=False)
+    summary = runtime.run_once()
+    users = load(runtime.settings.output_path)
+    emails = [u["email"].casefold() for u in users]
+    assert len(users) == COMPLETE_USERS
+    assert len(set(emails)) == COMPLETE_USERS
+    assert emails == sorted(emails), "documented order: by merge key"
+    assert summary.accepted == COMPLETE_USERS and summary.damaged == 1 and not summary.clean
+    truncated = [r for r in runtime.store.reports() if r.get("damage")]
+    assert [r["name"] for r in truncated] == ["6.json"]
+    assert "truncated" in truncated[0]["damage"] and "record 978" in truncated[0]["damage"]
+    error = json.loads((runtime.settings.data_dir / "quarantine" / "6.json.error.json").read_text())
+    assert "truncated" in error["reason"]
+
+
+def test_second_run_changes_nothing(runtime_factory, tmp_path):
+    copy_challenge(tmp_path / "drop")
+    runtime = runtime_factory(watch=False)
+    runtime.run_once()
+    first = runtime.settings.output_path.read_bytes()
+    again = runtime.run_once()
+    assert again.accepted == 0 and again.skipped == 10
+    assert runtime.settings.output_path.read_bytes() == first
+
+
+def test_same_users_from_two_files_and_a_renamed_copy_are_one_each(runtime_factory, tmp_path):
+    drop = tmp_path / "drop"
+    copy_challenge(drop, names={"1.json"})
+    shutil.copy(CHALLENGE / "1.json", drop / "copy-of-1.json")
+    runtime = runtime_factory(watch=False)
+    runtime.run_once()
+    assert runtime.store.count() == 1000
+    assert len(load(runtime.settings.output_path)) == 1000
+
+
+def test_latest_record_wins_and_email_case_is_one_identity(runtime_factory, tmp_path):
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    base = {"id": 1, "first_name": "Ada", "last_name": "L", "email": "ada@example.com", "gender": "F",
+            "ip_address": "1.2.3.4", "user_name": "ada", "agent": "x", "country": "UK"}
+    (drop / "a.json").write_bytes(orjson.dumps([base]))
+    runtime = runtime_factory(watch=False)
+    runtime.run_once()
+    changed = dict(base, email="  ADA@Example.com ", country="France")
+    (drop / "b.json").write_bytes(orjson.dumps([changed]))
+    runtime.run_once()
+    users = load(runtime.settings.output_path)
+    assert len(users) == 1 and users[0]["country"] == "France"
+
+
+def test_later_record_in_one_file_wins_even_across_batches(runtime_factory, tmp_path):
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    users = [{"id": i, "email": f"u{i}@x.org", "first_name": "first"} for i in range(50)]
+    users.append({"id": 99, "email": "u3@x.org", "first_name": "last"})
+    (drop / "dup.json").write_bytes(orjson.dumps(users))
+    runtime = runtime_factory(watch=False, batch_size=7)
+    runtime.run_once()
+    merged = {u["email"]: u for u in load(runtime.settings.output_path)}
+    assert len(merged) == 50 and merged["u3@x.org"]["first_name"] == "last"
+
+
+def test_a_batch_merged_twice_counts_once(connection, namespace):
+    store = Store(connection, namespace)
+    users = [{"id": 1, "email": "a@b.c", "first_name": "A"}, {"id": 2, "email": "d@e.f", "first_name": "D"}]
+    first = store.merge_batch("f1", 0, store.reserve_seq(2), users, "email")
+    retry = store.merge_batch("f1", 0, store.reserve_seq(2), users, "email")
+    assert first["new"] == 2 and retry["already_merged"]
+    assert store.report("f1")["new"] == 2 and store.count() == 2
+
+
+def test_records_without_email_are_kept_by_fingerprint(runtime_factory, tmp_path):
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    users = [{"id": 1, "first_name": "No", "last_name": "Mail"}, {"id": 2, "first_name": "No", "last_name": "Mail"},
+             {"id": 3, "first_name": "Other", "email": None}]
+    (drop / "nomail.json").write_bytes(orjson.dumps(users))
+    runtime = runtime_factory(watch=False)
+    runtime.run_once()
+    assert runtime.store.count() == 2  # the first two differ only by the file-local id
