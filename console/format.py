@@ -1,0 +1,64 @@
+"""Small text helpers shared by the panels: sizes, ages, durations, bars, display states."""
+
+from __future__ import annotations
+
+from rich.text import Text
+
+STATE_STYLES = {
+    "waiting": "dim", "reading": "cyan", "queued": "yellow", "merged": "green", "partial": "dark_orange",
+    "rejected": "red", "idle": "green", "busy": "cyan", "starting": "yellow", "dead": "bold red",
+    "stale": "red", "refused": "red",
+}
+
+
+def size(num: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if num < 1024 or unit == "GB":
+            return f"{num:.0f} {unit}" if unit == "B" else f"{num:.1f} {unit}"
+        num /= 1024
+    return f"{num:.1f} GB"
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "—"
+    if seconds < 1:
+        return f"{seconds * 1000:.0f} ms"
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
+
+
+def ago(then: float | None, now: float) -> str:
+    """Age relative to the snapshot's own clock, so a screen drawn from a fixed snapshot is fixed too."""
+    if then is None:
+        return "—"
+    return duration(max(0.0, now - then)) + " ago"
+
+
+def bar(fraction: float, width: int = 10) -> Text:
+    fraction = min(1.0, max(0.0, fraction))
+    full = int(round(fraction * width))
+    return Text.assemble(("█" * full, "green"), ("░" * (width - full), "grey37"), f" {fraction * 100:3.0f}%")
+
+
+def styled(state: str) -> Text:
+    return Text(state, style=STATE_STYLES.get(state, ""))
+
+
+def file_state(report: dict) -> str:
+    """The state an operator reads: a merged file that lost records to damage is "partial"."""
+    state = report.get("state", "")
+    if state == "streaming":
+        return "reading"
+    if state == "merged" and report.get("damage"):
+        return "partial"
+    return state
+
+
+def number(value: int | float) -> str:
+    return f"{value:,.0f}"

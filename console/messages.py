@@ -1,0 +1,24 @@
+"""Messages from background threads to the widgets. Status updates merge in the queue (Toolong's trick)."""
+
+from __future__ import annotations
+
+from textual.message import Message
+
+
+class StatusUpdated(Message):
+    """A fresh core.status snapshot; only the newest one matters, so a queued older one is replaced."""
+
+    def __init__(self, snapshot) -> None:
+        super().__init__()
+        self.snapshot = snapshot
+
+    def can_replace(self, message: Message) -> bool:
+        return isinstance(message, StatusUpdated)
+
+
+class RuntimeReady(Message):
+    """The core runtime finished starting (or failed to: `error` says why)."""
+
+    def __init__(self, error: str = "") -> None:
+        super().__init__()
+        self.error = error

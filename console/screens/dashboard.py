@@ -1,0 +1,95 @@
+"""The one dashboard screen: seven panels in a grid (a scrolling column in narrow terminals)."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.binding import Binding
+from textual.containers import Grid, VerticalScroll
+from textual.screen import Screen
+from textual.widgets import Footer, Static
+
+from console.format import number
+from console.widgets.events import EventsPanel
+from console.widgets.failed import FailedPanel
+from console.widgets.files import FilesPanel
+from console.widgets.panel import Panel
+from console.widgets.queue import QueuePanel
+from console.widgets.services import ServicesPanel
+from console.widgets.users import UsersPanel
+from console.widgets.workers import WorkersPanel
+
+PANELS = (ServicesPanel, QueuePanel, WorkersPanel, FilesPanel, UsersPanel, FailedPanel, EventsPanel)
+NARROW = 110
+
+
+class StatusLine(Static):
+    """Top line: the product, whether the screen is live, and the headline numbers."""
+
+    def draw(self, snap, paused: bool, interval: float) -> None:
+        live = Text("⏸ refresh PAUSED (space)", "bold yellow") if paused else Text(f"● live · {interval:g} s", "green")
+        text = Text.assemble(("swordsec-console ", "bold"), live)
+        if snap is not None:
+            watcher = ""
+            if snap.watcher is not None:
+                watcher = "watcher PAUSED" if snap.watcher.paused else "watching"
+            text.append(f" · {number(snap.users)} users · {snap.alive_workers}/{snap.desired_workers} workers · "
+                        f"backlog {number(snap.backlog)} · {watcher}")
+        else:
+            text.append(" · starting…")
+        self.update(text)
+
+
+class DashboardScreen(Screen):
+    BINDINGS = [
+        *(Binding(str(n), f"focus_panel({n - 1})", show=False) for n in range(1, 8)),
+        Binding("h", "hide_panel", "Hide", show=False),
+        Binding("H", "show_all", "Show all", show=False),
+    ]
+
+    def compose(self):
+        yield StatusLine(id="statusline")
+        with VerticalScroll(id="board"):
+            with Grid(id="panels"):
+                for index, panel in enumerate(PANELS):
+                    yield panel(id=f"panel-{index + 1}")
+        yield Footer()
+
+    @property
+    def panels(self) -> list[Panel]:
+        return list(self.query(Panel))
+
+    def on_mount(self) -> None:
+        self.query_one("#panel-4", Panel).focus_panel()
+        self.query_one(StatusLine).draw(None, False, self.app.interval)
+
+    def on_resize(self, event) -> None:
+        self.set_class(event.size.width < NARROW, "-narrow")
+
+    def show(self, snap) -> None:
+        for panel in self.panels:
+            panel.show(snap)
+
+    def draw_status(self, snap, paused: bool, interval: float) -> None:
+        self.query_one(StatusLine).draw(snap, paused, interval)
+
+    def action_focus_panel(self, index: int) -> None:
+        panel = self.panels[index]
+        panel.display = True
+        panel.focus_panel()
+        self.query_one("#board").scroll_to_widget(panel, animate=False)
+
+    def focused_panel(self) -> Panel | None:
+        node = self.focused
+        while node is not None and not isinstance(node, Panel):
+            node = node.parent
+        return node
+
+    def action_hide_panel(self) -> None:
+        panel = self.focused_panel()
+        if panel is not None and sum(1 for p in self.panels if p.display) > 1:
+            panel.display = False
+            self.focus_next()
+
+    def action_show_all(self) -> None:
+        for panel in self.panels:
+            panel.display = True

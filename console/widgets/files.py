@@ -1,0 +1,79 @@
+"""Files: every file seen, newest first, with its state, counts, progress and duration."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.binding import Binding
+from textual.widgets import DataTable
+
+from console.format import bar, duration, file_state, number, size, styled
+from console.widgets.panel import Panel, PanelTable, row_key, sync_rows
+
+REPLAYABLE = ("rejected", "partial")
+
+
+class FilesPanel(Panel):
+    TITLE = "4 Files"
+    HELP = "enter opens a file's report · x replays a rejected or partial (quarantined) file"
+    ENTER = "Report"
+    BINDINGS = [
+        Binding("x", "replay", "Replay"),
+    ]
+
+    def compose(self):
+        table = PanelTable(id="files-table", enter=self.ENTER)
+        table.add_columns("file", "size", "state", "accepted", "rejected", "dup", "progress", "time")
+        yield table
+
+    def show(self, snap) -> None:
+        self.reports = {r["id"]: r for r in snap.files}
+        rows = []
+        if snap.watcher is not None:
+            for name in snap.watcher.waiting_names:
+                rows.append(("wait:" + name, (name, "", styled("waiting"), "", "", "", Text("settling", "dim"), "")))
+        for report in snap.files:
+            rows.append((report["id"], file_row(report)))
+        sync_rows(self.query_one(DataTable), rows)
+        merged = sum(1 for r in snap.files if r.get("state") == "merged")
+        self.border_subtitle = f"{merged}/{len(snap.files)} merged"
+
+    @property
+    def selected(self) -> dict | None:
+        key = row_key(self.query_one(DataTable))
+        return getattr(self, "reports", {}).get(key)
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        event.stop()
+        self.action_report()
+
+    def action_report(self) -> None:
+        from console.screens.report import FileReportScreen
+
+        if (report := self.selected) is not None:
+            self.app.push_screen(FileReportScreen(report))
+
+    def action_replay(self) -> None:
+        report = self.selected
+        if report is None:
+            return
+        if file_state(report) not in REPLAYABLE:
+            self.app.notify(f"{report.get('name')} is {file_state(report)}; only rejected or partial files replay",
+                            severity="warning")
+            return
+        self.command(self.app.runtime.control.replay, report.get("name", ""))
+
+
+def file_row(report: dict) -> tuple:
+    state = file_state(report)
+    total, done = report.get("batches_total", 0), report.get("batches_done", 0)
+    if state == "reading":
+        progress = Text(f"read {number(report.get('records', 0))}", "cyan")
+    elif total:
+        progress = bar(done / total)
+    elif state in ("merged", "partial"):
+        progress = bar(1.0)
+    else:
+        progress = Text("—", "dim")
+    return (report.get("name", report["id"][:12]), size(report.get("size", 0)), styled(state),
+            number(report.get("accepted", 0)), number(report.get("rejected", 0)), number(report.get("duplicate", 0)),
+            progress, duration(report.get("seconds")) if "seconds" in report else "…")

@@ -1,0 +1,95 @@
+"""The frame every dashboard panel shares: a titled box that can be focused, maximised and hidden."""
+
+from __future__ import annotations
+
+from textual.binding import Binding
+from textual.containers import Vertical
+from textual.widgets import DataTable, Input
+
+
+class Panel(Vertical):
+    """A dashboard panel. Subclasses draw a core.status snapshot in `show()` and own their keys."""
+
+    ALLOW_MAXIMIZE = True
+    TITLE = ""
+    HELP = ""
+    ENTER = ""  # what enter does on a row, for the footer and the help
+    BINDINGS = [Binding("m", "toggle_maximize", "Max")]
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.border_title = self.TITLE
+
+    def show(self, snap) -> None:
+        """Draw a snapshot; called on the UI thread for every fresh one."""
+
+    def focus_panel(self) -> None:
+        """Focus the panel's main widget (number keys, the palette)."""
+        target = next(iter(self.query(DataTable)), None) or self
+        target.focus()
+
+    def action_toggle_maximize(self) -> None:
+        screen = self.screen
+        if screen.maximized is not None:
+            screen.minimize()
+        else:
+            screen.maximize(self, container=False)
+
+    def command(self, function, *args, confirm: str | None = None, action: str = "Do it") -> None:
+        self.app.run_command(function, *args, confirm=confirm, action=action)
+
+
+def row_key(table: DataTable) -> str | None:
+    """The key of the row under the cursor, or None for an empty table."""
+    if table.row_count == 0:
+        return None
+    try:
+        return table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
+    except Exception:  # the cursor sits past rows removed by the last refresh
+        return None
+
+
+def sync_rows(table: DataTable, rows: list[tuple[str, tuple]]) -> None:
+    """Make the table show `rows` (key, cells) in that order, keeping the cursor on the same key.
+
+    Rebuilding only when keys or order change, and otherwise updating changed cells, keeps a
+    refresh per second cheap and stops the cursor from jumping while the operator reads.
+    """
+    keys = [key for key, _ in rows]
+    current = [k.value for k in table.rows]
+    if keys != current:
+        selected = row_key(table)
+        table.clear()
+        for key, cells in rows:
+            table.add_row(*cells, key=key)
+        if selected in keys:
+            table.move_cursor(row=keys.index(selected), animate=False)
+        return
+    columns = list(table.columns)
+    for key, cells in rows:
+        old = table.get_row(key)
+        for column, (before, after) in zip(columns, zip(old, cells)):
+            if str(before) != str(after):
+                table.update_cell(key, column, after)
+
+
+class PanelTable(DataTable):
+    """A row-cursor table whose enter is shown in the footer under the panel's own word for it."""
+
+    def __init__(self, *, enter: str = "", **kwargs) -> None:
+        super().__init__(cursor_type="row", zebra_stripes=True, **kwargs)
+        if enter:
+            self._bindings.bind("enter", "select_cursor", enter)
+
+
+class FilterInput(Input):
+    """The `/` filter box of a table or log: enter applies, escape clears and closes."""
+
+    BINDINGS = [Binding("escape", "close", "Clear filter")]
+
+    def action_close(self) -> None:
+        self.value = ""
+        self.post_message(self.Submitted(self, ""))
+        self.display = False
+        if self.parent is not None:
+            self.parent.focus_panel()

@@ -1,0 +1,57 @@
+"""Queue: jobs per RQ registry, users merged per second as a sparkline, the backlog and its ETA."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.widgets import Sparkline, Static
+
+from console.format import duration, number
+from console.widgets.panel import Panel
+from core.status import REGISTRIES
+
+COLOURS = {"queued": "yellow", "started": "cyan", "finished": "green", "failed": "red"}
+
+
+class QueuePanel(Panel):
+    TITLE = "2 Queue"
+    HELP = "Jobs in each RQ registry, merge rate (users/s) over the last minute, backlog and ETA."
+    can_focus = True
+
+    def compose(self):
+        yield Static("", id="queue-counts")
+        yield Sparkline([0.0], id="queue-spark")
+        yield Static("", id="queue-rate")
+
+    def focus_panel(self) -> None:
+        self.focus()
+
+    def show(self, snap) -> None:
+        counts = Text()
+        for name in REGISTRIES:
+            value = snap.queue.get(name, 0)
+            style = COLOURS.get(name, "") if value else "dim"
+            counts.append(f"{name} ", "bold" if value else "dim")
+            counts.append(f"{number(value)}", style)
+            counts.append("  ")
+        self.query_one("#queue-counts", Static).update(counts)
+        self.query_one("#queue-spark", Sparkline).data = list(snap.rate_history) or [0.0]
+        self.query_one("#queue-rate", Static).update(render_rate(snap))
+
+
+def render_rate(snap) -> Text:
+    if snap.backlog == 0:
+        eta = "—"
+    elif snap.eta is None:
+        eta = "∞ (nothing is being merged)"
+    else:
+        eta = duration(snap.eta)
+    trend = ""
+    if snap.backlog_trend > 0:
+        trend = f" ▲{snap.backlog_trend}"
+    elif snap.backlog_trend < 0:
+        trend = f" ▼{-snap.backlog_trend}"
+    return Text.assemble(
+        ("merged ", "bold"), (f"{number(snap.users)} users", "green"),
+        f"  {snap.users_rate:,.0f} users/s  {snap.jobs_rate:.1f} jobs/s\n",
+        ("backlog ", "bold"), f"{number(snap.backlog)} jobs{trend}  ", ("ETA ", "bold"), eta,
+    )

@@ -1,0 +1,142 @@
+"""Merged users: what all_users.json holds, and a paged table of the store that stays fast at any size.
+
+The table never holds more than one page: a page is fetched from Redis (store.users_page) in a
+thread when the operator moves or when merges land. `/` filters on any field by scanning the store
+in a thread; the matches (capped) are then paged locally.
+"""
+
+from __future__ import annotations
+
+import orjson
+from textual import work
+from textual.binding import Binding
+from textual.widgets import DataTable, Static
+
+from console.format import ago, number
+from console.widgets.panel import FilterInput, Panel
+from core.config import USER_FIELDS
+
+PAGE = 100
+MAX_MATCHES = 10_000
+
+
+class UsersPanel(Panel):
+    TITLE = "5 Merged users"
+    HELP = "] next page · [ previous · g first · G last · / filter on any field · escape clears"
+    BINDINGS = [
+        Binding("right_square_bracket", "page(1)", "Next page"),
+        Binding("left_square_bracket", "page(-1)", "Prev page"),
+        Binding("g", "first", "First", show=False),
+        Binding("G", "last", "Last", show=False),
+        Binding("slash", "filter", "Filter"),
+    ]
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.start = 0
+        self.total = 0
+        self.query_text = ""
+        self.matches: list[dict] | None = None
+        self.shown_version: tuple | None = None
+
+    def compose(self):
+        yield Static("", id="users-info")
+        yield FilterInput(placeholder="filter users (any field), enter to apply", id="users-filter")
+        table = DataTable(id="users-table", cursor_type="row", zebra_stripes=True)
+        table.add_columns(*USER_FIELDS)
+        yield table
+
+    def on_mount(self) -> None:
+        self.query_one(FilterInput).display = False
+
+    def show(self, snap) -> None:
+        self.total = snap.users
+        export = snap.export
+        written = (f"{number(export['count'])} users in {export['path']}, written "
+                   f"{ago(export['written_at'], snap.taken_at)}") if export else f"{snap.output_path} not written yet"
+        self.query_one("#users-info", Static).update(written)
+        key = (snap.users, export.get("version"))
+        if key != self.shown_version and self.matches is None and self.is_on_screen:
+            self.shown_version = key
+            self.load_page()
+
+    @property
+    def is_on_screen(self) -> bool:
+        return self.display and self.screen is self.app.screen
+
+    def _render_subtitle(self) -> None:
+        size = len(self.matches) if self.matches is not None else self.total
+        end = min(self.start + PAGE, size)
+        what = f"{number(size)} match “{self.query_text}”" if self.matches is not None else f"{number(size)} users"
+        capped = " (first 10,000)" if self.matches is not None and size >= MAX_MATCHES else ""
+        self.border_subtitle = f"{number(self.start + 1 if size else 0)}–{number(end)} of {what}{capped}"
+
+    def _fill(self, users: list[dict]) -> None:
+        table = self.query_one(DataTable)
+        row = table.cursor_row
+        table.clear()
+        for user in users:
+            table.add_row(*(str(user.get(field, "")) for field in USER_FIELDS))
+        if users:
+            table.move_cursor(row=min(row, len(users) - 1), animate=False)
+        self._render_subtitle()
+
+    @work(thread=True, exclusive=True, group="users-page")
+    def load_page(self) -> None:
+        if self.matches is not None:
+            users = self.matches[self.start:self.start + PAGE]
+        else:
+            users = self.app.runtime.store.users_page(self.start, PAGE)
+        self.app.call_from_thread(self._fill, users)
+
+    @work(thread=True, exclusive=True, group="users-page")
+    def run_filter(self, text: str) -> None:
+        needle = text.lower()
+        raw_needle = needle.encode()
+        matches = []
+        for raw in self.app.runtime.store.iter_users():
+            # A cheap byte test first; decoding only candidates keeps a 100k-user scan well under a second.
+            if raw_needle not in raw.lower():
+                continue
+            user = orjson.loads(raw)
+            if any(needle in str(value).lower() for value in user.values()):
+                matches.append(user)
+                if len(matches) >= MAX_MATCHES:
+                    break
+        self.app.call_from_thread(self._filtered, text, matches)
+
+    def _filtered(self, text: str, matches: list[dict]) -> None:
+        self.query_text, self.matches, self.start = text, matches, 0
+        self._fill(matches[:PAGE])
+
+    def _size(self) -> int:
+        return len(self.matches) if self.matches is not None else self.total
+
+    def action_page(self, delta: int) -> None:
+        start = self.start + delta * PAGE
+        if 0 <= start < max(self._size(), 1):
+            self.start = start
+            self.load_page()
+
+    def action_first(self) -> None:
+        self.start = 0
+        self.load_page()
+
+    def action_last(self) -> None:
+        self.start = max(0, (self._size() - 1) // PAGE * PAGE)
+        self.load_page()
+
+    def action_filter(self) -> None:
+        box = self.query_one(FilterInput)
+        box.display = True
+        box.focus()
+
+    def on_input_submitted(self, event: FilterInput.Submitted) -> None:
+        event.stop()
+        text = event.value.strip()
+        if text:
+            self.query_one(DataTable).focus()
+            self.run_filter(text)
+        else:
+            self.query_text, self.matches, self.start, self.shown_version = "", None, 0, None
+            self.load_page()
