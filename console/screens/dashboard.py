@@ -70,7 +70,8 @@ class DashboardScreen(Screen):
             panel.show(snap)
 
     def draw_status(self, snap, paused: bool, interval: float) -> None:
-        self.query_one(StatusLine).draw(snap, paused, interval)
+        for line in self.query(StatusLine):  # none yet while the screen is still composing
+            line.draw(snap, paused, interval)
 
     def action_focus_panel(self, index: int) -> None:
         panel = self.panels[index]

@@ -56,12 +56,12 @@ class UsersPanel(Panel):
                    f"{ago(export['written_at'], snap.taken_at)}") if export else f"{snap.output_path} not written yet"
         self.query_one("#users-info", Static).update(written)
         key = (snap.users, export.get("version"))
-        if key != self.shown_version and self.matches is None and self.is_on_screen:
+        if key != self.shown_version and self.matches is None and self._drawn_now:
             self.shown_version = key
             self.load_page()
 
     @property
-    def is_on_screen(self) -> bool:
+    def _drawn_now(self) -> bool:
         return self.display and self.screen is self.app.screen
 
     def _render_subtitle(self) -> None:
@@ -109,12 +109,12 @@ class UsersPanel(Panel):
         self.query_text, self.matches, self.start = text, matches, 0
         self._fill(matches[:PAGE])
 
-    def _size(self) -> int:
+    def _row_total(self) -> int:
         return len(self.matches) if self.matches is not None else self.total
 
     def action_page(self, delta: int) -> None:
         start = self.start + delta * PAGE
-        if 0 <= start < max(self._size(), 1):
+        if 0 <= start < max(self._row_total(), 1):
             self.start = start
             self.load_page()
 
@@ -123,7 +123,7 @@ class UsersPanel(Panel):
         self.load_page()
 
     def action_last(self) -> None:
-        self.start = max(0, (self._size() - 1) // PAGE * PAGE)
+        self.start = max(0, (self._row_total() - 1) // PAGE * PAGE)
         self.load_page()
 
     def action_filter(self) -> None:
