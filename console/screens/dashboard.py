@@ -77,7 +77,8 @@ class DashboardScreen(Screen):
         panel = self.panels[index]
         panel.display = True
         panel.focus_panel()
-        self.query_one("#board").scroll_to_widget(panel, animate=False)
+        # After the refresh: a panel just shown again has no place in the layout before it.
+        self.call_after_refresh(panel.scroll_visible, animate=False, top=True)
 
     def focused_panel(self) -> Panel | None:
         node = self.focused

@@ -20,7 +20,7 @@ class FailedPanel(Panel):
     ]
 
     def compose(self):
-        table = PanelTable(id="failed-table", enter=self.ENTER)
+        table = PanelTable(id="failed-table")
         table.add_columns("job", "what", "failed at", "error")
         yield table
 

@@ -21,7 +21,7 @@ class FilesPanel(Panel):
     ]
 
     def compose(self):
-        table = PanelTable(id="files-table", enter=self.ENTER)
+        table = PanelTable(id="files-table")
         table.add_columns("file", "size", "state", "accepted", "rejected", "dup", "progress", "time")
         yield table
 

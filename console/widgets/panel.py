@@ -74,12 +74,12 @@ def sync_rows(table: DataTable, rows: list[tuple[str, tuple]]) -> None:
 
 
 class PanelTable(DataTable):
-    """A row-cursor table whose enter is shown in the footer under the panel's own word for it."""
+    """A row-cursor table whose enter (open the row's details) is shown in the footer."""
 
-    def __init__(self, *, enter: str = "", **kwargs) -> None:
+    BINDINGS = [Binding("enter", "select_cursor", "Open")]
+
+    def __init__(self, **kwargs) -> None:
         super().__init__(cursor_type="row", zebra_stripes=True, **kwargs)
-        if enter:
-            self._bindings.bind("enter", "select_cursor", enter)
 
 
 class FilterInput(Input):
