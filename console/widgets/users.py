@@ -17,6 +17,9 @@ from console.widgets.panel import FilterInput, Panel
 from core.config import USER_FIELDS
 
 PAGE = 100
+# Fixed widths: columns sized to each page's content would jump while paging.
+WIDTHS = {"id": 6, "first_name": 12, "last_name": 14, "email": 28, "gender": 7, "ip_address": 15,
+          "user_name": 14, "agent": 24, "country": 14}
 MAX_MATCHES = 10_000
 
 
@@ -43,7 +46,8 @@ class UsersPanel(Panel):
         yield Static("", id="users-info")
         yield FilterInput(placeholder="filter users (any field), enter to apply", id="users-filter")
         table = DataTable(id="users-table", cursor_type="row", zebra_stripes=True)
-        table.add_columns(*USER_FIELDS)
+        for field in USER_FIELDS:
+            table.add_column(field, width=WIDTHS.get(field, 12), key=field)
         yield table
 
     def on_mount(self) -> None:

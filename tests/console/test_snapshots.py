@@ -45,9 +45,9 @@ def test_dashboard_80x24(snap_compare):
 def test_file_report(snap_compare):
     async def open_report(pilot):
         await painted(pilot)
-        await pilot.press("4", "down", "down", "down", "enter")
+        await pilot.press("down", "down", "down", "enter")
 
-    assert snap_compare(app(), terminal_size=(100, 32), run_before=open_report)
+    assert snap_compare(app(), terminal_size=(120, 40), run_before=open_report)
 
 
 def test_help_screen(snap_compare):
@@ -55,4 +55,4 @@ def test_help_screen(snap_compare):
         await painted(pilot)
         await pilot.press("question_mark")
 
-    assert snap_compare(app(), terminal_size=(100, 50), run_before=open_help)
+    assert snap_compare(app(), terminal_size=(120, 50), run_before=open_help)
