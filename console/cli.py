@@ -53,6 +53,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="what to do with a merged file: keep it (default), move it to processed/, or delete it"
         + _env_help("after_merge"))
     add("--batch-size", type=int, help="users per gRPC batch and RQ job (default 1000)" + _env_help("batch_size"))
+    sec = parser.add_argument_group("security (listening off loopback needs TLS or a token, or --insecure)")
+    sec.add_argument("--tls-cert", type=Path, metavar="PEM", help="serve gRPC over TLS with this certificate"
+                     + _env_help("tls_cert"))
+    sec.add_argument("--tls-key", type=Path, metavar="PEM", help="private key of --tls-cert" + _env_help("tls_key"))
+    sec.add_argument("--token", metavar="SECRET", help="require `authorization: Bearer SECRET` on every call "
+                     "(prefer the environment variable: flags show in `ps`)" + _env_help("token"))
+    sec.add_argument("--insecure", action="store_true", default=None,
+                     help="allow plaintext, unauthenticated gRPC on a non-loopback address" + _env_help("insecure"))
+    sec.add_argument("--max-concurrent-calls", type=int, metavar="N",
+                     help="calls served at once; more get RESOURCE_EXHAUSTED (default 64)"
+                     + _env_help("max_concurrent_calls"))
+    sec.add_argument("--metrics-listen", metavar="HOST:PORT",
+                     help="serve Prometheus metrics at http://HOST:PORT/metrics" + _env_help("metrics_listen"))
     return parser
 
 

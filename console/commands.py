@@ -24,9 +24,16 @@ def send(argv: list[str]) -> int:
                         help="gRPC server HOST:PORT (default 127.0.0.1:50051) [env SWORDSEC_SERVER]")
     parser.add_argument("--batch-size", type=int, default=1000)
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the server to answer")
+    parser.add_argument("--tls-ca", type=Path, default=os.environ.get("SWORDSEC_TLS_CA") or None, metavar="PEM",
+                        help="use TLS, trusting this CA or self-signed server certificate [env SWORDSEC_TLS_CA]")
+    parser.add_argument("--tls-server-name", metavar="NAME",
+                        help="name to verify in the server certificate, when it is not the --server host")
+    parser.add_argument("--token", default=os.environ.get("SWORDSEC_TOKEN") or None, metavar="SECRET",
+                        help="send `authorization: Bearer SECRET` (prefer the env: flags show in `ps`) "
+                             "[env SWORDSEC_TOKEN]")
     args = parser.parse_args(argv)
     code = EXIT_OK
-    with UsersClient(args.server) as client:
+    with UsersClient(args.server, tls_ca=args.tls_ca, token=args.token, server_name=args.tls_server_name) as client:
         try:
             client.wait_ready(timeout=args.timeout)
         except grpc.FutureTimeoutError:

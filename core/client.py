@@ -10,6 +10,7 @@ from pathlib import Path
 import grpc
 import orjson
 
+from core import security
 from core.ingest import SourceReader
 from core.records import RecordError, normalise
 from core.server import MAX_MESSAGE_BYTES, MAX_REASONS
@@ -45,12 +46,22 @@ class SendResult:
 
 
 class UsersClient:
-    def __init__(self, target: str, timeout: float | None = None):
+    def __init__(self, target: str, timeout: float | None = None, *, tls_ca=None, token: str | None = None,
+                 server_name: str | None = None, tls: bool | None = None):
+        """tls_ca: certificate(s) to trust (turns TLS on; tls=True alone trusts the system roots);
+        server_name: the name to verify in the server's certificate when it differs from the target's host."""
         self.target = target
         self.timeout = timeout
-        self.channel = grpc.insecure_channel(target, options=[("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                                                              ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)])
-        self.stub = users_pb2_grpc.UsersStub(self.channel)
+        options = [("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                   ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)]
+        if tls_ca is not None or tls:
+            if server_name:
+                options.append(("grpc.ssl_target_name_override", server_name))
+            self.channel = grpc.secure_channel(target, security.channel_credentials(tls_ca), options=options)
+        else:
+            self.channel = grpc.insecure_channel(target, options=options)
+        calls = grpc.intercept_channel(self.channel, security.BearerToken(token)) if token else self.channel
+        self.stub = users_pb2_grpc.UsersStub(calls)
 
     def close(self) -> None:
         self.channel.close()

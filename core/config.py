@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -37,6 +38,13 @@ class Settings:
     after_merge: str = "keep"
     max_backlog: int = 200
     export_interval: float = 0.5
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    # repr=False: the token must never reach a log line or a traceback.
+    token: str | None = field(default=None, repr=False)
+    insecure: bool = False
+    metrics_listen: str | None = None
+    max_concurrent_calls: int = 64
 
     ENV = {
         "watch": "SWORDSEC_WATCH",
@@ -53,6 +61,12 @@ class Settings:
         "poll": "SWORDSEC_POLL",
         "after_merge": "SWORDSEC_AFTER_MERGE",
         "max_backlog": "SWORDSEC_MAX_BACKLOG",
+        "tls_cert": "SWORDSEC_TLS_CERT",
+        "tls_key": "SWORDSEC_TLS_KEY",
+        "token": "SWORDSEC_TOKEN",
+        "insecure": "SWORDSEC_INSECURE",
+        "metrics_listen": "SWORDSEC_METRICS_LISTEN",
+        "max_concurrent_calls": "SWORDSEC_MAX_CONCURRENT_CALLS",
     }
 
     @property
@@ -72,7 +86,7 @@ class Settings:
         for name, value in (flags or {}).items():
             if value is not None and name in types:
                 values[name] = value
-        for name in ("watch", "data_dir", "output"):
+        for name in ("watch", "data_dir", "output", "tls_cert", "tls_key"):
             if isinstance(values.get(name), str):
                 values[name] = Path(values[name])
         settings = replace(cls(), **values)
@@ -93,6 +107,40 @@ class Settings:
         host, _, port = self.grpc_listen.rpartition(":")
         if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
             raise ConfigError(f"gRPC listen address {self.grpc_listen!r} is not HOST:PORT")
+        self._validate_security(host)
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert is not None
+
+    def _validate_security(self, host: str) -> None:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ConfigError("TLS needs both --tls-cert and --tls-key")
+        for path in (self.tls_cert, self.tls_key):
+            if path is not None and not Path(path).is_file():
+                raise ConfigError(f"TLS file {path} is not a readable file")
+        if self.token is not None and (len(self.token) < 16 or any(c.isspace() for c in self.token)):
+            raise ConfigError("token must be at least 16 characters with no spaces")
+        if self.max_concurrent_calls < 1:
+            raise ConfigError("max concurrent calls must be 1 or more")
+        # Off loopback, anyone on the network could push users: demand TLS or a token, or an explicit opt-out.
+        if not is_loopback(host) and not (self.tls or self.token) and not self.insecure:
+            raise ConfigError(f"refusing to listen on {self.grpc_listen} without --tls-cert/--tls-key or --token "
+                              f"(or pass --insecure to accept unauthenticated plaintext)")
+        if self.metrics_listen is not None:
+            m_host, _, m_port = self.metrics_listen.rpartition(":")
+            if not m_host or not m_port.isdigit() or not 0 <= int(m_port) <= 65535:
+                raise ConfigError(f"metrics listen address {self.metrics_listen!r} is not HOST:PORT")
+
+
+def is_loopback(host: str) -> bool:
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _convert(name: str, kind: str, raw: str, var: str):

@@ -10,9 +10,10 @@ from dataclasses import dataclass
 
 from core.broker import Broker
 from core.client import UsersClient
-from core.config import Settings
+from core.config import Settings, is_loopback
 from core.events import EventLog
 from core.exporter import Exporter
+from core.security import server_name
 from core.server import GrpcServer, Intake
 from core.store import Store
 from core.supervisor import Supervisor
@@ -56,6 +57,7 @@ class Runtime:
         self.client: UsersClient | None = None
         self.watcher: Watcher | None = None
         self.exporter: Exporter | None = None
+        self.metrics = None
         self.started_at = time.time()
 
     def emit(self, level: str, text: str) -> None:
@@ -74,18 +76,28 @@ class Runtime:
         self.emit("info", f"workers: {s.workers} started")
         if self.serve:
             intake = Intake(self.store, self.queue, s.merge_key, s.batch_size)
-            self.server = GrpcServer(intake, s.grpc_listen)
+            self.server = GrpcServer(intake, s.grpc_listen, tls_cert=s.tls_cert, tls_key=s.tls_key, token=s.token,
+                                     max_concurrent_calls=s.max_concurrent_calls)
             self.server.start()
-            self.emit("info", f"gRPC: serving Users on {self.server.address}")
+            self.emit("info", f"gRPC: serving Users on {self.server.address}"
+                              f"{' with TLS' if s.tls else ''}{' with a token' if s.token else ''}")
+            if s.insecure and not (s.tls or s.token) and not is_loopback(s.grpc_listen.rpartition(":")[0]):
+                self.emit("warning", f"gRPC on {self.server.address} is plaintext and unauthenticated (--insecure)")
             self.exporter = Exporter(self.store, s.output_path, s.export_interval, on_event=self.emit)
             self.exporter.start()
-            self.client = UsersClient(self._client_target())
+            self.client = UsersClient(self._client_target(), tls_ca=s.tls_cert, token=s.token,
+                                      server_name=server_name(s.tls_cert) if s.tls else None)
             self.watcher = Watcher(s.watch, s.data_dir, self.store, self.client, self.events,
                                    batch_size=s.batch_size, quiet_period=s.quiet_period, poll=s.poll,
                                    after_merge=s.after_merge, backlog=self.backlog, max_backlog=s.max_backlog)
             if self.watch:
                 self.watcher.start()
                 self.emit("info", f"watching {s.watch} for {', '.join('*' + p for p in ('.json', '.jsonl', '.ndjson'))}")
+        if s.metrics_listen:
+            from core.metrics import MetricsServer
+
+            self.metrics = MetricsServer(self, s.metrics_listen).start()
+            self.emit("info", f"metrics: Prometheus endpoint on http://{self.metrics.address}/metrics")
         return self
 
     def _client_target(self) -> str:
@@ -96,6 +108,8 @@ class Runtime:
 
     def stop(self) -> None:
         """Stop in dependency order; accepted users are already in Redis, so nothing is lost."""
+        if self.metrics:
+            self.metrics.stop()
         if self.watcher:
             self.watcher.stop()
         if self.server:

@@ -16,6 +16,7 @@ import orjson
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from core import security
 from core.records import RecordError, normalise
 from core.store import Store
 from core.taskqueue import enqueue_batch, enqueue_drain
@@ -162,18 +163,27 @@ class UsersService(users_pb2_grpc.UsersServicer):
 class GrpcServer:
     """The gRPC server with health and reflection; `port` is the bound port (use port 0 in tests)."""
 
-    def __init__(self, intake: Intake, listen: str, max_workers: int = 16):
+    def __init__(self, intake: Intake, listen: str, max_workers: int = 16, *, tls_cert=None, tls_key=None,
+                 token: str | None = None, max_concurrent_calls: int | None = None,
+                 max_message_bytes: int = MAX_MESSAGE_BYTES):
         self.service = UsersService(intake)
         self.health = health.HealthServicer()
         self.listen = listen
-        options = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                   ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)]
-        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
-                                  options=options)
+        # grpc fails an oversize message with RESOURCE_EXHAUSTED on its own call only; other streams go on.
+        options = [("grpc.max_receive_message_length", max_message_bytes),
+                   ("grpc.max_send_message_length", max_message_bytes)]
+        limits = security.server_options(max_concurrent_calls, max_workers)
+        self.server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=limits["pool_size"], thread_name_prefix="grpc"), options=options,
+            interceptors=[security.TokenInterceptor(token)] if token else None,
+            maximum_concurrent_rpcs=limits["maximum_concurrent_rpcs"])
         users_pb2_grpc.add_UsersServicer_to_server(self.service, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
-        self.port = self.server.add_insecure_port(listen)
+        if tls_cert:
+            self.port = self.server.add_secure_port(listen, security.server_credentials(tls_cert, tls_key))
+        else:
+            self.port = self.server.add_insecure_port(listen)
         if self.port == 0:
             raise OSError(f"cannot listen on {listen} for gRPC (address in use or not available)")
         self.serving = False
