@@ -21,17 +21,46 @@ BOM = b"\xef\xbb\xbf"
 READ_CHUNK = 64 * 1024
 
 
-class _CountingReader:
-    """Counts the bytes handed to the parser, to say roughly where a parse error happened."""
+MAX_DEPTH = 256
+OPENERS, CLOSERS = frozenset(b"[{"), frozenset(b"]}")
+
+
+class NestingTooDeep(ValueError):
+    pass
+
+
+class _GuardedReader:
+    """Feeds the parser, counting bytes (to say where damage is) and refusing absurd nesting.
+
+    ijson keeps a prefix string per open level, so 100,000 nested brackets cost it gigabytes. Depth is
+    tracked by bracket balance, ignoring strings: an upper bound that only a hostile file comes near;
+    a chunk that could pass the limit is walked exactly before it reaches the parser.
+    """
 
     def __init__(self, raw):
         self.raw = raw
         self.consumed = 0
+        self.depth = 0
 
     def read(self, size: int = -1) -> bytes:
         data = self.raw.read(size)
+        opens = data.count(b"[") + data.count(b"{")
+        closes = data.count(b"]") + data.count(b"}")
+        if self.depth + opens > MAX_DEPTH:
+            self._walk(data)
+        self.depth = max(0, self.depth + opens - closes)
         self.consumed += len(data)
         return data
+
+    def _walk(self, data: bytes) -> None:
+        depth = self.depth
+        for offset, byte in enumerate(data):
+            if byte in OPENERS:
+                depth += 1
+                if depth > MAX_DEPTH:
+                    raise NestingTooDeep(f"nested deeper than {MAX_DEPTH} levels at byte {self.consumed + offset}")
+            elif byte in CLOSERS:
+                depth = max(0, depth - 1)
 
 
 class SourceReader:
@@ -72,13 +101,15 @@ class SourceReader:
                 self.damage = f"not JSON: starts with {_show(body.lstrip()[:12])}"
 
     def _array(self, handle, start: int) -> Iterator[tuple[int, object]]:
-        counter = _CountingReader(handle)
+        counter = _GuardedReader(handle)
         try:
             for record in ijson.items(counter, "item", use_float=True, buf_size=READ_CHUNK):
                 yield self.records, record
                 self.records += 1
         except ijson.IncompleteJSONError as error:
             self.damage = self._describe(error, start + counter.consumed)
+        except NestingTooDeep as error:
+            self.damage = f"{error} (after record {self.records})"
         except (ijson.JSONError, RecursionError, UnicodeDecodeError) as error:
             self.damage = f"invalid JSON after record {self.records} near byte {start + counter.consumed}: {error}"
 

@@ -36,9 +36,9 @@ def merge_batch(batch: dict) -> dict:
     """Merge one batch of validated users into the store.
 
     Args:
-        batch (dict): ``namespace``, ``report`` (file report id), ``index`` (batch position in the
-            source), ``seq`` (ingest sequence of the first user), ``key`` (merge key field) and
-            ``users`` (normalised user objects).
+        batch (dict): ``namespace``, ``report`` (file report id), ``attempt`` (ingest attempt of the
+            report), ``span`` (record range "first:count" inside the source), ``seq`` (ingest sequence
+            of the first user), ``key`` (merge key field) and ``users`` (normalised user objects).
 
     Returns:
         dict: Counts of ``new``, ``updated`` and ``duplicate`` users, and ``already_merged`` when a
@@ -46,7 +46,8 @@ def merge_batch(batch: dict) -> dict:
     """
     _failpoint()
     store = _store(batch["namespace"])
-    return store.merge_batch(batch["report"], batch["index"], batch["seq"], batch["users"], batch["key"])
+    return store.merge_batch(batch["report"], batch["attempt"], batch["span"], batch["seq"], batch["users"],
+                             batch["key"])
 
 
 def drain_inbox(namespace: str) -> int:

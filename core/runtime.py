@@ -8,6 +8,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from rq import Worker
+
 from core.broker import Broker
 from core.client import UsersClient
 from core.config import Settings, is_loopback
@@ -19,6 +21,9 @@ from core.store import Store
 from core.supervisor import Supervisor
 from core.taskqueue import make_queue
 from core.watcher import DONE_STATES, Watcher
+
+
+NO_WORKER_GRACE = 30.0
 
 
 @dataclass
@@ -75,7 +80,7 @@ class Runtime:
         self.supervisor.start()
         self.emit("info", f"workers: {s.workers} started")
         if self.serve:
-            intake = Intake(self.store, self.queue, s.merge_key, s.batch_size)
+            intake = Intake(self.store, self.queue, s.merge_key, s.batch_size, s.max_backlog)
             self.server = GrpcServer(intake, s.grpc_listen, tls_cert=s.tls_cert, tls_key=s.tls_key, token=s.token,
                                      max_concurrent_calls=s.max_concurrent_calls)
             self.server.start()
@@ -140,14 +145,21 @@ class Runtime:
         """Block until every report is merged or rejected and the unary inbox is empty."""
         deadline = None if timeout is None else time.monotonic() + timeout
         pending = set(report_ids)
+        idle_since = None
         while pending:
             for report_id in list(pending):
                 if self.store.report(report_id).get("state") in DONE_STATES:
                     pending.discard(report_id)
+            self.watcher.check_inflight()
             if not pending:
                 break
-            if self.supervisor.alive_count() == 0 and self.settings.workers == 0:
-                raise RuntimeError("no workers: start `swordsec-console worker` or pass --workers N")
+            if self.supervisor.alive_count() or Worker.count(queue=self.queue):
+                idle_since = None
+            elif idle_since is None:
+                idle_since = time.monotonic()
+            elif time.monotonic() - idle_since > NO_WORKER_GRACE:
+                raise RuntimeError(f"no worker serves queue {self.queue.name!r}: pass --workers N here or run "
+                                   f"`swordsec-console worker` against the same Redis")
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"{len(pending)} file(s) not merged in time")
             time.sleep(0.05)
@@ -157,21 +169,32 @@ class Runtime:
         started = time.monotonic()
         self.watcher.folder.mkdir(parents=True, exist_ok=True)
         self.watcher.scan()
-        ids, refused = [], 0
-        for path in self.watcher.drain_now():
-            report_id = self.watcher.ingest(path)
-            if report_id:
-                ids.append(report_id)
-            else:
-                refused += 1
-        self.wait_merged(ids)
+        outcomes = [self.watcher.ingest(path) for path in self.watcher.drain_now()]
+        sent = [report_id for report_id, outcome in outcomes if outcome == "sent"]
+        self.wait_merged(sent)
         info = self.exporter.write()
-        reports = [self.store.report(i) for i in ids]
-        fresh = [r for r in reports if r.get("finished_at", 0) >= self.started_at]
-        skipped = len(reports) - len(fresh)
+        fresh = [self.store.report(i) for i in sent]
+        refused = sum(1 for _, outcome in outcomes if outcome == "refused")
         return Summary(
-            files=len(reports) + refused, accepted=sum(r.get("accepted", 0) for r in fresh),
+            files=len(outcomes), accepted=sum(r.get("accepted", 0) for r in fresh),
             rejected=sum(r.get("rejected", 0) for r in fresh), duplicates=sum(r.get("duplicate", 0) for r in fresh),
-            damaged=refused + sum(1 for r in fresh if r.get("damage")), skipped=skipped, users=info["count"],
+            damaged=refused + sum(1 for r in fresh if r.get("damage")),
+            skipped=sum(1 for _, outcome in outcomes if outcome == "skipped"), users=info["count"],
             seconds=time.monotonic() - started,
         )
+
+    # -- for the console -------------------------------------------------------------------------------
+    def snapshot(self):
+        """One consistent picture of the whole system (core.status); safe to call from any thread."""
+        from core.status import collect
+
+        return collect(self)
+
+    @property
+    def control(self):
+        """Operator commands (core.control): scale workers, requeue or delete jobs, pause the watcher..."""
+        from core.control import Control
+
+        if not hasattr(self, "_control"):
+            self._control = Control(self)
+        return self._control

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+import time
 import uuid
 from concurrent import futures
 
@@ -35,11 +36,20 @@ def user_from_pb(message: users_pb2.UserRequest) -> dict:
 class Intake:
     """Validates users and hands them to Redis; shared by every RPC so they behave alike."""
 
-    def __init__(self, store: Store, queue, key_field: str, batch_size: int):
+    def __init__(self, store: Store, queue, key_field: str, batch_size: int, max_backlog: int = 0):
         self.store = store
         self.queue = queue
         self.key_field = key_field
         self.batch_size = batch_size
+        self.max_backlog = max_backlog
+
+    def hold(self, context) -> None:
+        """Back-pressure: while the queue is over its bound, stop reading the stream. gRPC flow control
+        then stalls the sender, so a huge drop folder cannot flood Redis's memory with queued batches."""
+        if not self.max_backlog:
+            return
+        while len(self.queue) >= self.max_backlog and context.is_active():
+            time.sleep(0.05)
 
     def validate(self, records, first_record: int, report: "Tally") -> list[dict]:
         users = []
@@ -50,11 +60,12 @@ class Intake:
                 report.reject(first_record + offset, str(error))
         return users
 
-    def enqueue(self, report_id: str, source: str, index: int, users: list[dict]) -> None:
+    def enqueue(self, report_id: str, attempt: str, source: str, first_record: int, users: list[dict]) -> None:
         """One job per batch, even an empty one (all rejected): the file's batch tally must complete."""
         seq = self.store.reserve_seq(max(1, len(users)))
-        enqueue_batch(self.queue, {"namespace": self.store.ns, "report": report_id, "index": index, "seq": seq,
-                                   "key": self.key_field, "source": source, "users": users})
+        enqueue_batch(self.queue, {"namespace": self.store.ns, "report": report_id, "attempt": attempt,
+                                   "span": f"{first_record}:{len(users)}", "seq": seq, "key": self.key_field,
+                                   "source": source, "users": users})
 
     def unary(self, user: dict) -> None:
         if self.store.push_unary(user, self.key_field):
@@ -114,24 +125,27 @@ class UsersService(users_pb2_grpc.UsersServicer):
     def SendUserInfoClientStream(self, request_iterator, context):
         self._begin(True)
         tally, report_id = Tally(), "adhoc-" + uuid.uuid4().hex
+        attempt = self.intake.store.attempt(report_id)
         pending: list[dict] = []
-        record = 0
+        record = first = 0
         try:
             for request in request_iterator:
                 pending.extend(self.intake.validate([user_from_pb(request)], record, tally))
                 record += 1
                 if len(pending) >= self.intake.batch_size:
-                    self._flush(report_id, tally, pending)
+                    self.intake.hold(context)
+                    self._flush(report_id, attempt, first, tally, pending)
+                    first = record
             if pending:
-                self._flush(report_id, tally, pending)
+                self._flush(report_id, attempt, first, tally, pending)
             self.intake.store.finish_report(report_id, tally.batches, name="client stream", state="queued",
                                             records=record, accepted=tally.accepted, rejected=tally.rejected)
         finally:
             self._end(True, tally.accepted)
         return users_pb2.UserResponse(status=tally.rejected == 0, message=tally.message())
 
-    def _flush(self, report_id: str, tally: Tally, pending: list[dict]) -> None:
-        self.intake.enqueue(report_id, "client stream", tally.batches, list(pending))
+    def _flush(self, report_id: str, attempt: str, first: int, tally: Tally, pending: list[dict]) -> None:
+        self.intake.enqueue(report_id, attempt, "client stream", first, list(pending))
         tally.accepted += len(pending)
         tally.batches += 1
         pending.clear()
@@ -139,9 +153,13 @@ class UsersService(users_pb2_grpc.UsersServicer):
     def SendUserBatches(self, request_iterator, context):
         self._begin(True)
         tally = Tally()
+        adhoc = "adhoc-" + uuid.uuid4().hex
+        attempts: dict[str, str] = {}
         try:
             for batch in request_iterator:
-                report_id = batch.file_id or ("adhoc-" + uuid.uuid4().hex)
+                report_id = batch.file_id or adhoc
+                if report_id not in attempts:
+                    attempts[report_id] = self.intake.store.attempt(report_id)
                 records: list = [user_from_pb(u) for u in batch.users]
                 if batch.users_json:
                     try:
@@ -149,9 +167,14 @@ class UsersService(users_pb2_grpc.UsersServicer):
                     except orjson.JSONDecodeError as error:
                         context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"batch {batch.index}: users_json: {error}")
                 users = self.intake.validate(records, batch.first_record, tally)
-                self.intake.enqueue(report_id, batch.source or "stream", batch.index, users)
+                self.intake.hold(context)
+                self.intake.enqueue(report_id, attempts[report_id], batch.source or "stream", batch.first_record,
+                                    users)
                 tally.accepted += len(users)
                 tally.batches += 1
+            if adhoc in attempts:
+                self.intake.store.finish_report(adhoc, tally.batches, name="send", state="queued",
+                                                accepted=tally.accepted, rejected=tally.rejected)
         finally:
             self._end(True, tally.accepted)
         return users_pb2.IngestReport(

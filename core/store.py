@@ -7,7 +7,8 @@ Key layout (all under the namespace, default "swordsec"):
   version       int   bumped whenever a merge changes the users hash
   seq           int   ingest sequence counter
   inbox         list  unary users waiting for a drain job
-  file:<id>     hash  one file's report; file:<id>:done is the set of its batches already merged
+  file:<id>     hash  one file's report; file:<id>:done holds the record ranges already merged,
+                      file:<id>:seen:<attempt> the ranges the current ingest attempt has counted
   files         zset  file id -> last update time (the ledger index, newest first)
   export        hash  what the last all_users.json write held
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+import uuid
 from importlib import resources
 from pathlib import Path
 
@@ -44,10 +46,11 @@ class Store:
     def key(self, *parts: str) -> str:
         return ":".join((self.ns, *parts))
 
-    def _merge_keys(self, report_id: str) -> list[str]:
+    def _merge_keys(self, report_id: str, attempt: str = "") -> list[str]:
         return [
             self.key("users"), self.key("users", "rev"), self.key("users", "order"), self.key("version"),
             self.key("file", report_id), self.key("file", report_id, "done"), self.key("inbox"),
+            self.key("file", report_id, "seen", attempt),
         ]
 
     # -- writing users -------------------------------------------------------------------------------
@@ -55,13 +58,13 @@ class Store:
         """Reserve `count` ingest sequence numbers; return the first."""
         return int(self.redis.incrby(self.key("seq"), count)) - count + 1
 
-    def merge_batch(self, report_id: str, index: int, seq: int, users: list[dict], key_field: str) -> dict:
-        """Merge one batch; idempotent for a given (report_id, index). Returns new/updated/duplicate counts."""
-        args: list = ["batch", index, seq]
+    def merge_batch(self, report_id: str, attempt: str, span: str, seq: int, users: list[dict], key_field: str) -> dict:
+        """Merge one batch; idempotent for a given (report_id, span). Returns new/updated/duplicate counts."""
+        args: list = ["batch", span, seq, attempt]
         for user in users:
             args.append(merge_key(user, key_field))
             args.append(orjson.dumps(user))
-        new, updated, dup, skipped = self._merge(keys=self._merge_keys(report_id), args=args)
+        new, updated, dup, skipped = self._merge(keys=self._merge_keys(report_id, attempt), args=args)
         return {"new": new, "updated": updated, "duplicate": dup, "already_merged": bool(skipped)}
 
     def push_unary(self, user: dict, key_field: str) -> bool:
@@ -72,7 +75,7 @@ class Store:
     def drain_inbox(self, limit: int = 1000) -> int:
         """Merge up to `limit` inbox users atomically; returns how many were taken."""
         self.redis.delete(self.key("inbox", "pending"))
-        return int(self._merge(keys=self._merge_keys("unary"), args=["drain", limit, 0])[3])
+        return int(self._merge(keys=self._merge_keys("unary"), args=["drain", limit, 0, ""])[3])
 
     # -- file reports (the ledger) --------------------------------------------------------------------
     def update_report(self, report_id: str, **fields) -> None:
@@ -82,6 +85,22 @@ class Store:
             pipe.zadd(self.key("files"), {report_id: time.time()})
             pipe.execute()
 
+    def begin_attempt(self, report_id: str, **fields) -> str:
+        """Start a new ingest attempt of a file: batches of earlier attempts no longer count towards it."""
+        attempt = uuid.uuid4().hex[:12]
+        previous = self.redis.hget(self.key("file", report_id), "attempt")
+        if previous:
+            self.redis.delete(self.key("file", report_id, "seen", previous.decode()))
+        self.update_report(report_id, attempt=attempt, batches_done=0, **fields)
+        self.redis.hdel(self.key("file", report_id), "batches_total")
+        return attempt
+
+    def attempt(self, report_id: str) -> str:
+        """The report's current attempt; a stream for a report nobody began starts one."""
+        report = self.key("file", report_id)
+        self.redis.hsetnx(report, "attempt", uuid.uuid4().hex[:12])
+        return self.redis.hget(report, "attempt").decode()
+
     def finish_report(self, report_id: str, batches: int, **fields) -> bool:
         """Record the batch count of a fully sent file; True when it is already merged."""
         args: list = [batches]
@@ -89,7 +108,9 @@ class Store:
             if value is not None:
                 args += [name, _field(value)]
         self.redis.zadd(self.key("files"), {report_id: time.time()})
-        return bool(self._finish_file(keys=[self.key("file", report_id)], args=args))
+        attempt = self.attempt(report_id)
+        keys = [self.key("file", report_id), self.key("file", report_id, "seen", attempt)]
+        return bool(self._finish_file(keys=keys, args=args))
 
     def report(self, report_id: str) -> dict:
         return _decode_report(report_id, self.redis.hgetall(self.key("file", report_id)))
@@ -104,7 +125,9 @@ class Store:
         return [_decode_report(i, row) for i, row in zip(ids, rows) if row]
 
     def forget_report(self, report_id: str) -> None:
-        self.redis.delete(self.key("file", report_id), self.key("file", report_id, "done"))
+        attempt = self.redis.hget(self.key("file", report_id), "attempt")
+        self.redis.delete(self.key("file", report_id), self.key("file", report_id, "done"),
+                          self.key("file", report_id, "seen", attempt.decode() if attempt else ""))
         self.redis.zrem(self.key("files"), report_id)
 
     # -- reading users --------------------------------------------------------------------------------

@@ -39,6 +39,21 @@ def is_candidate(path: Path) -> bool:
             and not name.endswith(IGNORED_SUFFIXES))
 
 
+def _looks_complete(path: Path) -> bool:
+    """A JSON array whose last byte closes it was written whole; a partial write rarely ends in "]".
+
+    Only arrays: a JSON Lines file looks complete after every line, even half written.
+    """
+    if path.suffix.lower() != ".json":
+        return False
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(max(0, os.fstat(handle.fileno()).st_size - 64))
+            return handle.read().rstrip().endswith(b"]")
+    except OSError:
+        return False
+
+
 def fingerprint(path: Path) -> str:
     digest = hashlib.blake2b(digest_size=16)
     with open(path, "rb") as handle:
@@ -51,7 +66,7 @@ class Watcher:
     def __init__(self, folder: Path, data_dir: Path, store: Store, client: UsersClient, events: EventLog, *,
                  batch_size: int = 1000, quiet_period: float = 1.0, poll: bool = False, after_merge: str = "keep",
                  backlog: Callable[[], int] = lambda: 0, max_backlog: int = 200):
-        self.folder = Path(folder)
+        self.folder = Path(folder).absolute()
         self.data_dir = Path(data_dir)
         self.quarantine = self.data_dir / "quarantine"
         self.store = store
@@ -67,6 +82,8 @@ class Watcher:
         self.candidates: dict[Path, tuple[int, int]] = {}
         self.ready: queue.Queue[Path | None] = queue.Queue()
         self.current: str | None = None
+        # Files sent and waiting for their batches to merge: report id -> (name, started at).
+        self.inflight: dict[str, tuple[str, float]] = {}
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
@@ -125,11 +142,18 @@ class Watcher:
                     if change != watchfiles.Change.deleted:
                         self._note(Path(name))
                 self._promote_stable()
+                self._safely(self.check_inflight)
                 if time.monotonic() - disposed_at > 1.0:
                     disposed_at = time.monotonic()
                     self._dispose_merged()
         except Exception as error:  # the folder vanished, permissions changed: say so, don't die silently
             self.events.emit("error", f"watching {self.folder} stopped: {error}")
+
+    def _safely(self, step) -> None:
+        try:
+            step()
+        except redis.RedisError as error:
+            self.events.emit("error", f"watcher: Redis error: {error}")
 
     def _promote_stable(self) -> None:
         if self.paused.is_set():
@@ -143,11 +167,13 @@ class Watcher:
                     del self.candidates[path]
                     continue
                 current = (stat.st_size, stat.st_mtime_ns)
+                settled = now - stat.st_mtime >= self.quiet_period or _looks_complete(path)
                 if current != seen:
                     self.candidates[path] = current
-                    if seen != (-1, -1) or now - stat.st_mtime < self.quiet_period:
+                    # First sight of a whole file (renamed in, or there at startup) is enough; a change is not.
+                    if seen != (-1, -1) or not settled:
                         continue
-                elif now - stat.st_mtime < self.quiet_period:
+                elif not settled:
                     continue
                 del self.candidates[path]
                 self.ready.put(path)
@@ -192,8 +218,10 @@ class Watcher:
         if path.is_symlink():
             target = path.resolve()
             if not target.is_relative_to(self.folder.resolve()):
-                self.events.emit("warning", f"{path.name}: refused: symlink leads outside the watched folder "
-                                            f"(to {target})", file=path.name, state="refused")
+                reason = f"refused: symlink leads outside the watched folder (to {target})"
+                self.store.update_report(f"refused-{path.name}", name=path.name, path=str(path), state="rejected",
+                                         damage=reason, finished_at=time.time())
+                self.events.emit("warning", f"{path.name}: {reason}", file=path.name, state="rejected")
                 return None, "refused"
         if not path.exists():
             return None, "gone"
@@ -206,7 +234,7 @@ class Watcher:
             return report_id, "skipped"
         self.current = path.name
         started = time.time()
-        self.store.update_report(report_id, name=path.name, path=str(path), state="streaming", started_at=started,
+        self.store.begin_attempt(report_id, name=path.name, path=str(path), state="streaming", started_at=started,
                                  size=path.stat().st_size)
         try:
             result = self.client.send_file(path, file_id=report_id, batch_size=self.batch_size,
@@ -232,12 +260,37 @@ class Watcher:
         merged = self.store.finish_report(report_id, result.batches, **fields)
         if result.damage:
             self._quarantine(path, report_id, result)
-        state = "rejected" if result.unreadable else ("merged" if merged else "queued")
-        reason = f"; {result.damage}" if result.damage else ""
-        level = "warning" if result.damage or result.rejected else "info"
-        self.events.emit(level, f"{path.name}: {state}: {result.records} records, {result.accepted} accepted, "
-                                f"{result.rejected} rejected in {result.seconds:.2f} s{reason}",
-                         file=path.name, id=report_id, state=state)
+        if result.unreadable:
+            self.events.emit("warning", f"{path.name}: rejected: {result.damage}; set aside in {self.quarantine}",
+                             file=path.name, id=report_id, state="rejected")
+            return
+        self.inflight[report_id] = (path.name, started)
+        if merged:
+            self.check_inflight()
+
+    def check_inflight(self) -> None:
+        """Log one line per file once all its users are merged, with the figures only the merge knows."""
+        for report_id, (name, started) in list(self.inflight.items()):
+            report = self.store.report(report_id)
+            if report.get("state") != "merged":
+                continue
+            del self.inflight[report_id]
+            seconds = round(time.time() - started, 3)
+            self.store.update_report(report_id, seconds=seconds, merged_at=time.time())
+            damage = report.get("damage")
+            reasons = report.get("reasons") or []
+            text = (f"{name}: {'partial' if damage else 'merged'}: {report.get('accepted', 0)} users accepted "
+                    f"({report.get('new', 0)} new, {report.get('updated', 0)} updated, "
+                    f"{report.get('duplicate', 0)} duplicates), {report.get('rejected', 0)} rejected, "
+                    f"{report.get('size', 0)} bytes in {seconds:.2f} s")
+            if reasons:
+                text += f"; first rejection: {reasons[0]}"
+            if damage:
+                text += f"; {damage}"
+            self.events.emit("warning" if damage or reasons else "info", text, file=name, id=report_id,
+                             state="partial" if damage else "merged", accepted=report.get("accepted", 0),
+                             rejected=report.get("rejected", 0), duplicates=report.get("duplicate", 0),
+                             bytes=report.get("size", 0), seconds=seconds)
 
     def _quarantine(self, path: Path, report_id: str, result: SendResult) -> None:
         """Set a damaged file aside with the reason next to it; the original stays where the user put it."""

@@ -107,3 +107,15 @@ def copy_challenge(folder: Path, names=None) -> list[Path]:
         if names is None or source.name in names:
             copied.append(Path(shutil.copy(source, folder / source.name)))
     return copied
+
+
+def make_users(count: int, tag: str = "u", start: int = 0) -> list[dict]:
+    """Users in the challenge files' shape; ids restart at 1 like every real file, emails are unique per tag."""
+    return [{"id": i + 1, "first_name": f"First{i}", "last_name": f"Last{i}", "email": f"{tag}{start + i}@example.org",
+             "gender": "Female" if i % 2 else "Male", "ip_address": f"10.{i % 250}.{i % 7}.{i % 9}",
+             "user_name": f"{tag}{start + i}", "agent": "Mozilla/5.0 (X11; Linux x86_64) Test/1.0",
+             "country": "Turkey"} for i in range(count)]
+
+
+def reports_by_name(store) -> dict:
+    return {r["name"]: r for r in store.reports()}

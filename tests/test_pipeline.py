@@ -84,10 +84,13 @@ def test_later_record_in_one_file_wins_even_across_batches(runtime_factory, tmp_
 def test_a_batch_merged_twice_counts_once(connection, namespace):
     store = Store(connection, namespace)
     users = [{"id": 1, "email": "a@b.c", "first_name": "A"}, {"id": 2, "email": "d@e.f", "first_name": "D"}]
-    first = store.merge_batch("f1", 0, store.reserve_seq(2), users, "email")
-    retry = store.merge_batch("f1", 0, store.reserve_seq(2), users, "email")
+    attempt = store.begin_attempt("f1", state="streaming")
+    first = store.merge_batch("f1", attempt, "0:2", store.reserve_seq(2), users, "email")
+    retry = store.merge_batch("f1", attempt, "0:2", store.reserve_seq(2), users, "email")
     assert first["new"] == 2 and retry["already_merged"]
-    assert store.report("f1")["new"] == 2 and store.count() == 2
+    assert store.finish_report("f1", 1), "one batch sent, one counted: merged"
+    report = store.report("f1")
+    assert report["new"] == 2 and report["batches_done"] == 1 and store.count() == 2
 
 
 def test_records_without_email_are_kept_by_fingerprint(runtime_factory, tmp_path):

@@ -1,0 +1,149 @@
+"""The installed program, as a user runs it: exit codes, one-line errors, the embedded Redis, live mode."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+import redis
+
+from core.store import Store
+from tests.conftest import CHALLENGE, copy_challenge, make_users, wait_for
+
+PROGRAM = [sys.executable, "-m", "console.cli"]
+
+
+def clean_env(**extra) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SWORDSEC_", "REDIS_URL"))}
+    env.update(extra)
+    return env
+
+
+def run(args, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(PROGRAM + args, capture_output=True, text=True, timeout=300, env=clean_env(), **kwargs)
+
+
+def folder_args(tmp_path: Path) -> list[str]:
+    return ["--watch", str(tmp_path / "drop"), "--data-dir", str(tmp_path / "data"), "--grpc-listen", "127.0.0.1:0",
+            "--workers", "2"]
+
+
+def embedded_redis_alive(tmp_path: Path) -> bool:
+    pidfile = tmp_path / "data" / "redis" / "redis.pid"
+    return pidfile.exists() and Path(f"/proc/{pidfile.read_text().strip()}").exists()
+
+
+def test_once_on_the_challenge_files_with_the_embedded_redis(tmp_path):
+    copy_challenge(tmp_path / "drop")
+    first = run(["--no-ui", "--once", *folder_args(tmp_path)])
+    assert first.returncode == 1, first.stderr  # 6.json is truncated: reported, its complete records kept
+    summary = first.stdout.strip().splitlines()[-1]
+    assert summary.startswith("10 files, 9977 users accepted, 0 rejected") and "1 damaged" in summary
+    output = tmp_path / "data" / "all_users.json"
+    users = json.loads(output.read_text())
+    assert len(users) == len({u["email"].casefold() for u in users}) == 9977
+    assert not embedded_redis_alive(tmp_path), "the embedded redis-server must stop with the program"
+    assert (tmp_path / "data" / "redis").stat().st_mode & 0o777 == 0o700
+    before = output.read_bytes()
+    again = run(["--no-ui", "--once", *folder_args(tmp_path)])
+    assert again.returncode == 0, again.stderr
+    assert "0 users accepted" in again.stdout and "10 already ingested" in again.stdout
+    assert output.read_bytes() == before
+
+
+@pytest.mark.parametrize("args, code, words", [
+    (["--merge-key", "shoe_size"], 2, "merge key 'shoe_size' is not a user field"),
+    (["--grpc-listen", "nowhere"], 2, "is not HOST:PORT"),
+    (["--redis-url", "redis://127.0.0.1:1/0"], 3, "cannot reach Redis at redis://127.0.0.1:1/0"),
+    (["--redis-url", "redis://:hunter2@127.0.0.1:1/0"], 3, "redis://:***@127.0.0.1:1/0"),
+])
+def test_bad_settings_get_one_line_and_an_exit_code(tmp_path, args, code, words):
+    done = run(["--no-ui", "--once", *folder_args(tmp_path), *args])
+    assert done.returncode == code
+    assert words in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in done.stderr and "hunter2" not in done.stderr + done.stdout
+
+
+def test_no_ui_logs_each_dropped_file_once_and_stops_on_sigterm(tmp_path, redis_url, namespace):
+    (tmp_path / "drop").mkdir()
+    env = clean_env(REDIS_URL=redis_url, SWORDSEC_NAMESPACE=namespace, SWORDSEC_QUIET_PERIOD="0.2")
+    process = subprocess.Popen(PROGRAM + ["--no-ui", *folder_args(tmp_path)], stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, env=env)
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in process.stdout], daemon=True).start()
+    seen: list[str] = []
+
+    def logged(fragment: str) -> bool:
+        while not lines.empty():
+            seen.append(lines.get())
+        return any(fragment in line for line in seen)
+
+    try:
+        wait_for(lambda: logged("watching"), message="the console to start watching")
+        for source in sorted(CHALLENGE.glob("*.json"))[:3]:
+            (tmp_path / "drop" / source.name).write_bytes(source.read_bytes())
+            wait_for(lambda: logged(f"{source.name}: merged"), message=f"a merged line for {source.name}")
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+    logged("")
+    for source in sorted(CHALLENGE.glob("*.json"))[:3]:
+        assert sum(f"{source.name}: merged" in line for line in seen) == 1
+    assert not any("Traceback" in line for line in seen)
+    client = redis.Redis.from_url(redis_url)
+    try:
+        assert Store(client, namespace).count() == 3000
+    finally:
+        for key in client.scan_iter(match=f"{namespace}:*"):
+            client.delete(key)
+
+
+def test_sigkill_of_the_whole_console_mid_file_then_restart_loses_and_duplicates_nothing(tmp_path):
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    (drop / "big.json").write_bytes(orjson.dumps(make_users(100_000, "big")))
+    args = ["--no-ui", *folder_args(tmp_path), "--batch-size", "500"]
+    console = subprocess.Popen(PROGRAM + args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=clean_env(),
+                               start_new_session=True)
+    try:
+        password = wait_for(lambda: _read(tmp_path / "data" / "redis" / "password"), message="the embedded Redis")
+        socket = tmp_path / "data" / "redis" / "redis.sock"
+        client = wait_for(lambda: _client(socket, password), message="the embedded Redis to answer")
+        store = Store(client, "swordsec")
+        wait_for(lambda: 10_000 < store.count() < 90_000, timeout=120, message="the file to be part-way merged")
+
+    finally:
+        os.killpg(console.pid, signal.SIGKILL)  # the console and its workers, mid-stream; Redis survives it
+        console.wait()
+    # The restart uses another batch size on purpose: what was merged must be recognised by record range.
+    restarted = run(["--no-ui", "--once", *folder_args(tmp_path), "--batch-size", "700"])
+    assert restarted.returncode == 0, restarted.stderr + restarted.stdout
+    users = json.loads((tmp_path / "data" / "all_users.json").read_text())
+    assert len(users) == len({u["email"] for u in users}) == 100_000, restarted.stdout
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text().strip() or None
+    except OSError:
+        return None
+
+
+def _client(socket: Path, password: str):
+    try:
+        client = redis.Redis(unix_socket_path=str(socket), password=password)
+        client.ping()
+        return client
+    except (redis.RedisError, OSError):
+        return None
