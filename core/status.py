@@ -67,6 +67,7 @@ class WatcherInfo:
     current: str = ""
     folder_ok: bool = True
     folder_error: str = ""
+    waiting_names: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -240,8 +241,15 @@ def _watcher_info(runtime) -> WatcherInfo | None:
         ok, error = False, "missing"
     elif not os.access(folder, os.R_OK | os.X_OK):
         ok, error = False, "not readable"
+    try:
+        # Settling candidates and files already queued for reading are both "waiting" to the operator.
+        queued = [p for p in list(watcher.ready.queue) if p is not None]
+        names = tuple(sorted({p.name for p in list(watcher.candidates) + queued}))
+    except RuntimeError:  # the watcher thread changed the dict mid-copy; the next snapshot will show them
+        names = ()
     return WatcherInfo(folder=str(folder), active=bool(runtime.watch), paused=watcher.paused.is_set(),
-                       waiting=watcher.waiting, current=watcher.current or "", folder_ok=ok, folder_error=error)
+                       waiting=watcher.waiting, current=watcher.current or "", folder_ok=ok, folder_error=error,
+                       waiting_names=names)
 
 
 def _queue_counts(queue) -> dict:

@@ -30,7 +30,7 @@ class FilesPanel(Panel):
         rows = []
         if snap.watcher is not None:
             for name in snap.watcher.waiting_names:
-                rows.append(("wait:" + name, (name, "", styled("waiting"), "", "", "", Text("settling", "dim"), "")))
+                rows.append(("wait:" + name, (name, "", styled("waiting"), "", "", "", Text("in line", "dim"), "")))
         for report in snap.files:
             rows.append((report["id"], file_row(report)))
         sync_rows(self.query_one(DataTable), rows)
