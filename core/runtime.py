@@ -168,7 +168,7 @@ class Runtime:
         """Ingest every file now in the watched folder, wait for the merge, write all_users.json."""
         started = time.monotonic()
         self.watcher.folder.mkdir(parents=True, exist_ok=True)
-        self.watcher.scan()
+        self.watcher.scan(everything=True)
         outcomes = [self.watcher.ingest(path) for path in self.watcher.drain_now()]
         sent = [report_id for report_id, outcome in outcomes if outcome == "sent"]
         self.wait_merged(sent)

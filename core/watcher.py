@@ -31,12 +31,21 @@ from core.store import Store
 PATTERNS = (".json", ".jsonl", ".ndjson")
 IGNORED_SUFFIXES = (".part", ".tmp", "~")
 DONE_STATES = ("merged", "rejected")
+RESCAN_INTERVAL = 5.0
 
 
 def is_candidate(path: Path) -> bool:
     name = path.name
     return (not name.startswith(".") and name.lower().endswith(PATTERNS)
             and not name.endswith(IGNORED_SUFFIXES))
+
+
+def _signature(path: Path) -> tuple[int, int] | None:
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_size, stat.st_mtime_ns
 
 
 def _looks_complete(path: Path) -> bool:
@@ -80,6 +89,8 @@ class Watcher:
         self.max_backlog = max_backlog
         self.paused = threading.Event()
         self.candidates: dict[Path, tuple[int, int]] = {}
+        # (size, mtime) of each file as it was when last handled: a rescan skips files that did not change.
+        self.known: dict[Path, tuple[int, int]] = {}
         self.ready: queue.Queue[Path | None] = queue.Queue()
         self.current: str | None = None
         # Files sent and waiting for their batches to merge: report id -> (name, started at).
@@ -116,15 +127,20 @@ class Watcher:
         return len(self.candidates) + self.ready.qsize()
 
     # -- discovery ------------------------------------------------------------------------------------
-    def scan(self) -> None:
-        """Note every candidate file now in the folder (the startup scan; watchfiles reports only changes)."""
+    def scan(self, everything: bool = False) -> None:
+        """Note every new or changed candidate file in the folder.
+
+        Runs at startup (watchfiles reports only changes), once the watch is in place (a file created in
+        between would otherwise be missed) and every few seconds as a safety net for lost events.
+        """
         try:
             entries = sorted(self.folder.iterdir())
         except OSError as error:
             self.events.emit("error", f"cannot read the watched folder {self.folder}: {error.strerror}")
             return
         for path in entries:
-            self._note(path)
+            if everything or self.known.get(path) != _signature(path):
+                self._note(path)
 
     def _note(self, path: Path) -> None:
         if path.parent != self.folder or not is_candidate(path):
@@ -133,7 +149,7 @@ class Watcher:
             self.candidates.setdefault(path, (-1, -1))
 
     def _watch(self) -> None:
-        disposed_at = 0.0
+        disposed_at = scanned_at = 0.0
         try:
             for changes in watchfiles.watch(self.folder, stop_event=self._stop, force_polling=self.poll or None,
                                             yield_on_timeout=True, rust_timeout=200, debounce=100,
@@ -141,6 +157,9 @@ class Watcher:
                 for change, name in changes:
                     if change != watchfiles.Change.deleted:
                         self._note(Path(name))
+                if time.monotonic() - scanned_at > RESCAN_INTERVAL:
+                    scanned_at = time.monotonic()
+                    self.scan()
                 self._promote_stable()
                 self._safely(self.check_inflight)
                 if time.monotonic() - disposed_at > 1.0:
@@ -215,6 +234,10 @@ class Watcher:
 
         Returns (report id, outcome): outcome is "sent", "skipped" (already ingested), "refused" or "gone".
         """
+        self.known[path] = _signature(path)
+        return self._ingest(path)
+
+    def _ingest(self, path: Path) -> tuple[str | None, str]:
         if path.is_symlink():
             target = path.resolve()
             if not target.is_relative_to(self.folder.resolve()):
