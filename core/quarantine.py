@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import os
+import shutil
 from pathlib import Path
 
 import orjson
@@ -29,6 +29,6 @@ def replay_file(data_dir: Path, watch: Path, name: str) -> Path:
         raise FileNotFoundError(f"{name} is not in {folder}")
     Path(watch).mkdir(parents=True, exist_ok=True)
     target = Path(watch) / source.name
-    os.replace(source, target)
+    shutil.move(source, target)  # the data and drop folders may sit on different filesystems
     (folder / (source.name + ".error.json")).unlink(missing_ok=True)
     return target

@@ -147,3 +147,16 @@ def _client(socket: Path, password: str):
         return client
     except (redis.RedisError, OSError):
         return None
+
+
+def test_json_log_lines_and_replay_command(tmp_path):
+    copy_challenge(tmp_path / "drop", {"6.json"})
+    done = run(["--no-ui", "--once", "--log-format", "json", *folder_args(tmp_path)])
+    assert done.returncode == 1
+    events = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    partial = [e for e in events if e.get("file") == "6.json" and e.get("state") == "partial"]
+    assert len(partial) == 1 and partial[0]["accepted"] == 977 and partial[0]["level"] == "warning"
+    replayed = run(["replay", "6.json", "--data-dir", str(tmp_path / "data"), "--watch", str(tmp_path / "drop")])
+    assert replayed.returncode == 0 and "moved to" in replayed.stdout
+    missing = run(["replay", "nope.json", "--data-dir", str(tmp_path / "data"), "--watch", str(tmp_path / "drop")])
+    assert missing.returncode == 2 and "is not in" in missing.stderr and "Traceback" not in missing.stderr
