@@ -42,6 +42,8 @@ def describe(redis_line: str = "") -> list[str]:
         f"cpu: {_cpu_model()} x {os.cpu_count()} (affinity {len(os.sched_getaffinity(0))}), memory {_memory_gib()}",
         f"python: {platform.python_implementation()} {platform.python_version()}; {packages}",
     ]
+    # Other work on a 2-core machine moves these figures a lot; the load average says how busy it was.
+    lines.append("load average (1, 5, 15 min): " + ", ".join(f"{v:.2f}" for v in os.getloadavg()))
     if redis_line:
         lines.append(f"redis: {redis_line}")
     return lines
