@@ -16,8 +16,10 @@ from pathlib import Path
 import orjson
 import pytest
 from rq import Worker
+from rq.exceptions import NoSuchJobError
 from rq.job import Job
 
+from core.records import merge_key
 from core.taskqueue import JSONSerializer
 from tests.conftest import copy_challenge, wait_for
 
@@ -111,11 +113,17 @@ def remote_workers(redis_url, namespace, tmp_path):
 
 
 def unmerged(runtime, job_id: str) -> bool:
-    """True while the batch of a merge job is not yet applied (job id: batch-<report>-<index>-<seq>)."""
-    if not job_id.startswith("batch-"):
+    """True while some user of a merge job's batch is not yet in the users hash (the store of record).
+
+    Read from the job's own arguments and the users hash, not from job-id or bookkeeping layouts.
+    """
+    try:
+        job = Job.fetch(job_id, connection=runtime.store.redis, serializer=JSONSerializer)
+    except NoSuchJobError:
         return False
-    report, index, _seq = job_id[len("batch-"):].rsplit("-", 2)
-    return not runtime.store.redis.sismember(runtime.store.key("file", report, "done"), index)
+    batch = job.args[0] if job.args and isinstance(job.args[0], dict) else {}
+    keys = [merge_key(user, batch.get("key", "email")) for user in batch.get("users", [])]
+    return bool(keys) and None in runtime.store.redis.hmget(runtime.store.key("users"), keys)
 
 
 def alive_workers(runtime) -> int:
