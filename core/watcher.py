@@ -142,6 +142,10 @@ class Watcher:
             if everything or self.known.get(path) != _signature(path):
                 self._note(path)
 
+    def notice(self, path: Path) -> None:
+        """Consider this file now (a replayed file, say), without waiting for an event or the next rescan."""
+        self._note(Path(path).absolute())
+
     def _note(self, path: Path) -> None:
         if path.parent != self.folder or not is_candidate(path):
             return
