@@ -135,5 +135,5 @@ class Control:
                 if report.get("name") == name and report.get("state") in ("rejected", "merged"):
                     store.forget_report(report["id"])
         if self.runtime.watcher is not None:
-            self.runtime.watcher.notice(target)  # noqa: SLF001 - the watcher has no public "look again" yet
+            self.runtime.watcher.notice(target)
         return self._emit(f"{name} replayed")
