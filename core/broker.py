@@ -64,6 +64,15 @@ def connect(url: str) -> redis.Redis:
     return client
 
 
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (an orphan's exit may never be reaped where PID 1 does not reap)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
 class Broker:
     """Owns the Redis connection, and the embedded server when no URL was given."""
 
@@ -162,7 +171,7 @@ class Broker:
         except (ValueError, OSError):
             return
         deadline = time.monotonic() + START_TIMEOUT
-        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        while _running(pid) and time.monotonic() < deadline:
             time.sleep(0.05)
 
     def stop(self) -> None:

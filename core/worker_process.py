@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 import threading
 import time
@@ -18,12 +19,15 @@ from core.taskqueue import make_worker
 URL_VARIABLE = "SWORDSEC_WORKER_REDIS_URL"
 
 
-def _exit_with_parent(worker, parent: int) -> None:
-    """A supervised worker outlives a console killed with SIGKILL; notice and stop after the current job."""
+def _exit_with_parent(parent: int) -> None:
+    """A supervised worker outlives a console killed with SIGKILL; notice and stop after the current job.
+
+    SIGTERM to ourselves is RQ's own warm shutdown: an idle worker leaves its blocking dequeue at once.
+    """
     while True:
         time.sleep(1.0)
         if os.getppid() != parent:
-            worker._stop_requested = True
+            os.kill(os.getpid(), signal.SIGTERM)
             return
 
 
@@ -38,7 +42,7 @@ def main(argv: list[str]) -> int:
     connection = redis.Redis.from_url(url, socket_connect_timeout=5)
     worker = make_worker(connection, queue_name, name)
     if os.environ.get("SWORDSEC_WORKER_SUPERVISED") == "1":
-        threading.Thread(target=_exit_with_parent, args=(worker, os.getppid()), daemon=True).start()
+        threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
     try:
         worker.work(logging_level="WARNING")
     except (redis.ConnectionError, redis.TimeoutError) as error:
