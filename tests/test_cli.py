@@ -123,9 +123,12 @@ def test_sigkill_of_the_whole_console_mid_file_then_restart_loses_and_duplicates
         store = Store(client, "swordsec")
         wait_for(lambda: 10_000 < store.count() < 90_000, timeout=120, message="the file to be part-way merged")
 
+        workers = children(console.pid, b"core.worker_process")
+        assert workers
     finally:
-        os.killpg(console.pid, signal.SIGKILL)  # the console and its workers, mid-stream; Redis survives it
+        os.kill(console.pid, signal.SIGKILL)  # the console alone, mid-stream: its workers must notice
         console.wait()
+    wait_for(lambda: not any(alive(pid) for pid in workers), message="orphaned workers to stop by themselves")
     # The restart uses another batch size on purpose: what was merged must be recognised by record range.
     restarted = run(["--no-ui", "--once", *folder_args(tmp_path), "--batch-size", "700"])
     assert restarted.returncode == 0, restarted.stderr + restarted.stdout
@@ -160,3 +163,24 @@ def test_json_log_lines_and_replay_command(tmp_path):
     assert replayed.returncode == 0 and "moved to" in replayed.stdout
     missing = run(["replay", "nope.json", "--data-dir", str(tmp_path / "data"), "--watch", str(tmp_path / "drop")])
     assert missing.returncode == 2 and "is not in" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def children(parent: int, marker: bytes) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            if ppid == parent and marker in (entry / "cmdline").read_bytes():
+                found.append(int(entry.name))
+        except (OSError, IndexError, ValueError):
+            continue
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        return (Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]) != "Z"
+    except (OSError, IndexError):
+        return False
