@@ -116,7 +116,7 @@ def run(args, bench, folder: Path, scratch: Path):
         phases.wrap(runtime.store, "export", "all_users.json exports (background + final)")
         before = snapshot(pids, redis_pid(bench.connection))
         if args.yappi:
-            import yappi
+            import yappi  # not a project dependency: `.venv/bin/pip install yappi`
             yappi.set_clock_type("cpu")
             yappi.start()
         started = time.perf_counter()
