@@ -6,6 +6,7 @@ The headless mode and the TUI drive this same object: start(), commands, snapsho
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from rq import Worker
@@ -89,7 +90,8 @@ class Runtime:
             if s.insecure and not (s.tls or s.token) and not is_loopback(s.grpc_listen.rpartition(":")[0]):
                 self.emit("warning", f"gRPC on {self.server.address} is plaintext and unauthenticated (--insecure)")
             self.exporter = Exporter(self.store, s.output_path, s.export_interval, on_event=self.emit)
-            self.exporter.start()
+            if self.watch:  # --once writes the file once, at the end: exporting meanwhile only costs time
+                self.exporter.start()
             self.client = UsersClient(self._client_target(), tls_ca=s.tls_cert, token=s.token,
                                       server_name=server_name(s.tls_cert) if s.tls else None)
             self.watcher = Watcher(s.watch, s.data_dir, self.store, self.client, self.events,
@@ -169,7 +171,12 @@ class Runtime:
         started = time.monotonic()
         self.watcher.folder.mkdir(parents=True, exist_ok=True)
         self.watcher.scan(everything=True)
-        outcomes = [self.watcher.ingest(path) for path in self.watcher.drain_now()]
+        # Several files at once: each spends much of its time waiting on Redis and the server.
+        with ThreadPoolExecutor(self.watcher.readers, thread_name_prefix="ingest") as pool:
+            outcomes = list(pool.map(self.watcher.ingest, self.watcher.drain_now()))
+        while self.watcher.candidates:  # "busy": a copy of a file that was being read
+            outcomes += [self.watcher.ingest(path) for path in self.watcher.drain_now()]
+        outcomes = [o for o in outcomes if o[1] != "busy"]
         sent = [report_id for report_id, outcome in outcomes if outcome == "sent"]
         self.wait_merged(sent)
         info = self.exporter.write()

@@ -74,7 +74,7 @@ def fingerprint(path: Path) -> str:
 class Watcher:
     def __init__(self, folder: Path, data_dir: Path, store: Store, client: UsersClient, events: EventLog, *,
                  batch_size: int = 1000, quiet_period: float = 1.0, poll: bool = False, after_merge: str = "keep",
-                 backlog: Callable[[], int] = lambda: 0, max_backlog: int = 200):
+                 backlog: Callable[[], int] = lambda: 0, max_backlog: int = 200, readers: int = 3):
         self.folder = Path(folder).absolute()
         self.data_dir = Path(data_dir)
         self.quarantine = self.data_dir / "quarantine"
@@ -92,7 +92,9 @@ class Watcher:
         # (size, mtime) of each file as it was when last handled: a rescan skips files that did not change.
         self.known: dict[Path, tuple[int, int]] = {}
         self.ready: queue.Queue[Path | None] = queue.Queue()
-        self.current: str | None = None
+        # Files being read now (name by report id): several are read at once, never one file twice.
+        self.reading: dict[str, str] = {}
+        self.readers = readers
         # Files sent and waiting for their batches to merge: report id -> (name, started at).
         self.inflight: dict[str, tuple[str, float]] = {}
         self._stop = threading.Event()
@@ -103,14 +105,16 @@ class Watcher:
     def start(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         self.scan()
-        for target, name in ((self._watch, "watcher"), (self._ingest_loop, "ingest")):
+        targets = [(self._watch, "watcher")] + [(self._ingest_loop, f"ingest-{n}") for n in range(self.readers)]
+        for target, name in targets:
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
             self._threads.append(thread)
 
     def stop(self) -> None:
         self._stop.set()
-        self.ready.put(None)
+        for _ in range(self.readers):
+            self.ready.put(None)
         for thread in self._threads:
             thread.join(timeout=30)
 
@@ -121,6 +125,10 @@ class Watcher:
     def resume(self) -> None:
         self.paused.clear()
         self.events.emit("info", "watcher resumed")
+
+    @property
+    def current(self) -> str:
+        return ", ".join(sorted(self.reading.values()))
 
     @property
     def waiting(self) -> int:
@@ -236,7 +244,8 @@ class Watcher:
     def ingest(self, path: Path) -> tuple[str | None, str]:
         """Stream one file unless the ledger says it is done.
 
-        Returns (report id, outcome): outcome is "sent", "skipped" (already ingested), "refused" or "gone".
+        Returns (report id, outcome): "sent", "skipped" (already ingested), "refused", "gone" or "busy"
+        (the same content is being read under another name; the file is looked at again later).
         """
         self.known[path] = _signature(path)
         return self._ingest(path)
@@ -259,15 +268,25 @@ class Watcher:
             note = "" if same == path.name else f" (same content as {same})"
             self.events.emit("info", f"{path.name}: already ingested{note}; skipped", file=path.name, id=report_id)
             return report_id, "skipped"
-        self.current = path.name
+        with self._lock:
+            if report_id in self.reading:
+                # The same content under another name is being read right now: look again later.
+                self.candidates.setdefault(path, (-1, -1))
+                self.known.pop(path, None)
+                return report_id, "busy"
+            self.reading[report_id] = path.name
+        try:
+            return self._stream(path, report_id)
+        finally:
+            with self._lock:
+                self.reading.pop(report_id, None)
+
+    def _stream(self, path: Path, report_id: str) -> tuple[str, str]:
         started = time.time()
         self.store.begin_attempt(report_id, name=path.name, path=str(path), state="streaming", started_at=started,
                                  size=path.stat().st_size)
-        try:
-            result = self.client.send_file(path, file_id=report_id, batch_size=self.batch_size,
-                                           on_progress=lambda r: self._progress(report_id, r))
-        finally:
-            self.current = None
+        result = self.client.send_file(path, file_id=report_id, batch_size=self.batch_size,
+                                       on_progress=lambda r: self._progress(report_id, r))
         self._finish(path, report_id, result, started)
         return report_id, "sent"
 
