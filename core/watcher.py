@@ -318,9 +318,8 @@ class Watcher:
         """Log one line per file once all its users are merged, with the figures only the merge knows."""
         for report_id, (name, started) in list(self.inflight.items()):
             report = self.store.report(report_id)
-            if report.get("state") != "merged":
-                continue
-            del self.inflight[report_id]
+            if report.get("state") != "merged" or self.inflight.pop(report_id, None) is None:
+                continue  # not yet, or another thread has just logged it
             seconds = round(time.time() - started, 3)
             self.store.update_report(report_id, seconds=seconds, merged_at=time.time())
             damage = report.get("damage")
