@@ -53,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="what to do with a merged file: keep it (default), move it to processed/, or delete it"
         + _env_help("after_merge"))
     add("--batch-size", type=int, help="users per gRPC batch and RQ job (default 1000)" + _env_help("batch_size"))
+    add("--worker-mode", choices=("inline", "fork"),
+        help="inline: jobs run in the worker process (default, fastest); fork: a work-horse per job, as RQ's "
+             "classic worker" + _env_help("worker_mode"))
     sec = parser.add_argument_group("security (listening off loopback needs TLS or a token, or --insecure)")
     sec.add_argument("--tls-cert", type=Path, metavar="PEM", help="serve gRPC over TLS with this certificate"
                      + _env_help("tls_cert"))

@@ -74,6 +74,9 @@ def worker(argv: list[str]) -> int:
                         help="worker processes to run (default 1) [env SWORDSEC_WORKERS]")
     parser.add_argument("--namespace", default=os.environ.get("SWORDSEC_NAMESPACE", "swordsec"),
                         help="queue and key namespace (default swordsec) [env SWORDSEC_NAMESPACE]")
+    parser.add_argument("--mode", choices=("inline", "fork"), default=os.environ.get("SWORDSEC_WORKER_MODE", "inline"),
+                        help="inline (default) runs jobs in the worker; fork gives each job a work-horse "
+                             "[env SWORDSEC_WORKER_MODE]")
     parser.add_argument("--log-format", choices=("text", "json"), default="text")
     args = parser.parse_args(argv)
     if not args.redis_url:
@@ -86,7 +89,8 @@ def worker(argv: list[str]) -> int:
     events = EventLog()
     connection = connect(args.redis_url)
     events.emit("info", f"worker: {args.count} process(es) on {redact(args.redis_url)} queue {args.namespace}")
-    supervisor = Supervisor(connection, args.redis_url, args.namespace, args.count, on_event=events.emit)
+    supervisor = Supervisor(connection, args.redis_url, args.namespace, args.count, on_event=events.emit,
+                            mode=args.mode)
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())

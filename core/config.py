@@ -38,6 +38,7 @@ class Settings:
     after_merge: str = "keep"
     max_backlog: int = 200
     export_interval: float = 0.5
+    worker_mode: str = "inline"
     tls_cert: Path | None = None
     tls_key: Path | None = None
     # repr=False: the token must never reach a log line or a traceback.
@@ -61,6 +62,7 @@ class Settings:
         "poll": "SWORDSEC_POLL",
         "after_merge": "SWORDSEC_AFTER_MERGE",
         "max_backlog": "SWORDSEC_MAX_BACKLOG",
+        "worker_mode": "SWORDSEC_WORKER_MODE",
         "tls_cert": "SWORDSEC_TLS_CERT",
         "tls_key": "SWORDSEC_TLS_KEY",
         "token": "SWORDSEC_TOKEN",
@@ -102,6 +104,8 @@ class Settings:
             raise ConfigError("batch size must be between 1 and 10000")
         if self.after_merge not in ("keep", "move", "delete"):
             raise ConfigError("after-merge must be keep, move or delete")
+        if self.worker_mode not in ("inline", "fork"):
+            raise ConfigError("worker mode must be inline or fork")
         if self.log_format not in ("text", "json"):
             raise ConfigError("log format must be text or json")
         host, _, port = self.grpc_listen.rpartition(":")

@@ -77,7 +77,8 @@ class Runtime:
         self.emit("info", f"redis: {kind} at {self.broker.display_url}")
         self.store = Store(connection, s.namespace)
         self.queue = make_queue(connection, s.namespace)
-        self.supervisor = Supervisor(connection, self.broker.url, s.namespace, s.workers, on_event=self.emit)
+        self.supervisor = Supervisor(connection, self.broker.url, s.namespace, s.workers, on_event=self.emit,
+                                     mode=s.worker_mode)
         self.supervisor.start()
         self.emit("info", f"workers: {s.workers} started")
         if self.serve:

@@ -44,8 +44,10 @@ class WorkerProcess:
 
 
 class Supervisor:
-    def __init__(self, connection: redis.Redis, redis_url: str, queue_name: str, desired: int, on_event=None):
+    def __init__(self, connection: redis.Redis, redis_url: str, queue_name: str, desired: int, on_event=None,
+                 mode: str = "inline"):
         self.connection = connection
+        self.mode = mode
         self.redis_url = redis_url
         self.queue_name = queue_name
         self.desired = desired
@@ -123,7 +125,7 @@ class Supervisor:
         name = f"swordsec-{self._host}-{os.getpid()}-{self._serial}"
         env = dict(os.environ, **{URL_VARIABLE: self.redis_url, "SWORDSEC_WORKER_SUPERVISED": "1"})
         process = subprocess.Popen(
-            [sys.executable, "-m", "core.worker_process", self.queue_name, name],
+            [sys.executable, "-m", "core.worker_process", self.queue_name, name, self.mode],
             env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         return WorkerProcess(name=name, process=process, restarts=restarts)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import orjson
 import redis
-from rq import Queue, Retry, Worker
+from rq import Queue, Retry, SimpleWorker, Worker
 from rq.job import Job
 
 from core import jobs
@@ -12,11 +12,13 @@ from core import jobs
 # Retries cover a work-horse that dies mid-batch; the merge is idempotent, so a retry is always safe.
 # No interval: a delayed retry would need RQ's scheduler process, and an immediate one is what we want.
 RETRY = Retry(max=5)
-JOB_TIMEOUT = 300
+# A 10,000-user batch merges in well under a second; the timeout also bounds recovery: an inline worker
+# cannot heartbeat mid-job, so its job's registry entry lives timeout + 60 s before RQ may reclaim it.
+JOB_TIMEOUT = 30
 RESULT_TTL = 600
 # Heartbeats every 5 s and registry maintenance every 15 s: a whole worker killed with SIGKILL is
-# noticed by a surviving worker on any machine within ~80 s (job heartbeat TTL is monitoring + 60 s);
-# our own supervisor requeues its dead workers' jobs at once (core.supervisor).
+# noticed by a surviving worker on any machine within ~80 s (forking: heartbeat TTL is monitoring + 60 s)
+# or ~105 s (inline: timeout + 60 s); our own supervisor requeues its dead workers' jobs at once.
 JOB_MONITORING_INTERVAL = 5
 MAINTENANCE_INTERVAL = 15
 WORKER_TTL = 30
@@ -72,16 +74,30 @@ class SafeJob(Job):
         return None
 
 
-class SwordsecWorker(Worker):
+class ForkingWorker(Worker):
+    """RQ's classic worker: each job runs in a forked work-horse, so a crash or leak in one job cannot
+    touch the worker. About 20 ms of CPU per job goes to the fork."""
+
     job_class = SafeJob
+
+
+class InlineWorker(SimpleWorker):
+    """Jobs run in the worker process itself (RQ's SimpleWorker): no fork per job, ~40% more throughput
+    here. A crash takes the worker down with its job; the supervisor replaces it and hands the job back
+    to RQ at once, so nothing is lost. Job timeouts still hold (SIGALRM in the worker's main thread)."""
+
+    job_class = SafeJob
+
+
+WORKER_MODES = {"inline": InlineWorker, "fork": ForkingWorker}
 
 
 def make_queue(connection: redis.Redis, name: str) -> Queue:
     return Queue(name, connection=connection, serializer=JSONSerializer, job_class=SafeJob)
 
 
-def make_worker(connection: redis.Redis, queue_name: str, name: str | None = None) -> SwordsecWorker:
-    return SwordsecWorker(
+def make_worker(connection: redis.Redis, queue_name: str, name: str | None = None, mode: str = "inline"):
+    return WORKER_MODES[mode](
         [make_queue(connection, queue_name)],
         connection=connection,
         name=name,

@@ -1,4 +1,4 @@
-"""Entry point of one RQ worker process: `python -m core.worker_process QUEUE [NAME]`.
+"""Entry point of one RQ worker process: `python -m core.worker_process QUEUE NAME [MODE]`.
 
 The Redis URL comes in the environment (SWORDSEC_WORKER_REDIS_URL) so its password never shows in `ps`.
 """
@@ -34,13 +34,14 @@ def _exit_with_parent(parent: int) -> None:
 def main(argv: list[str]) -> int:
     queue_name = argv[0]
     name = argv[1] if len(argv) > 1 else None
+    mode = argv[2] if len(argv) > 2 else "inline"
     url = os.environ.get(URL_VARIABLE)
     if not url:
         print(f"worker: {URL_VARIABLE} is not set", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s worker %(message)s")
     connection = redis.Redis.from_url(url, socket_connect_timeout=5)
-    worker = make_worker(connection, queue_name, name)
+    worker = make_worker(connection, queue_name, name, mode)
     if os.environ.get("SWORDSEC_WORKER_SUPERVISED") == "1":
         threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
     try:
