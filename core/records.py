@@ -11,6 +11,7 @@ from core.config import USER_FIELDS
 
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 STRING_FIELDS = USER_FIELDS[1:]
+USER_FIELD_SET = frozenset(USER_FIELDS)
 # One user is a few hundred bytes; anything far larger is garbage that would bloat a batch message.
 MAX_RECORD_BYTES = 64 * 1024
 
@@ -24,33 +25,39 @@ def normalise(record: object) -> dict:
 
     Missing or null string fields become "" (the wire format cannot tell them apart); a missing id
     becomes 0. Unknown fields are dropped: the merged file keeps the input's field names only.
+    This runs twice per user on the hot path (client and server), so the common case is kept cheap:
+    exact type checks first, the rarer cases after.
     """
-    if not isinstance(record, dict):
+    if type(record) is not dict and not isinstance(record, dict):
         raise RecordError(f"record is a {_json_type(record)}, not an object")
-    if not record.keys() & set(USER_FIELDS):
-        raise RecordError("record has none of the user fields")
-    user: dict = {}
     raw_id = record.get("id", 0)
-    if raw_id is None:
-        raw_id = 0
-    if isinstance(raw_id, bool) or not isinstance(raw_id, int):
-        raise RecordError(f"id is a {_json_type(raw_id)}, not an integer")
+    if raw_id.__class__ is not int:
+        if raw_id is None:
+            raw_id = 0
+        elif isinstance(raw_id, bool) or not isinstance(raw_id, int):
+            raise RecordError(f"id is a {_json_type(raw_id)}, not an integer")
     if not INT32_MIN <= raw_id <= INT32_MAX:
         raise RecordError(f"id {raw_id} does not fit in int32")
-    user["id"] = raw_id
+    user = {"id": raw_id}
+    get = record.get
     size = 0
     for name in STRING_FIELDS:
-        value = record.get(name)
-        if value is None:
-            value = ""
-        elif not isinstance(value, str):
-            raise RecordError(f"{name} is a {_json_type(value)}, not a string")
-        else:
+        value = get(name)
+        if value.__class__ is str:
             value = value.strip()
-        size += len(value)
+            size += len(value)
+        elif value is None:
+            value = ""
+        elif isinstance(value, str):
+            value = str(value).strip()
+            size += len(value)
+        else:
+            raise RecordError(f"{name} is a {_json_type(value)}, not a string")
         user[name] = value
     if size > MAX_RECORD_BYTES:
         raise RecordError(f"record is {size} characters long, over the {MAX_RECORD_BYTES} limit")
+    if size == 0 and raw_id == 0 and not record.keys() & USER_FIELD_SET:
+        raise RecordError("record has none of the user fields")
     return user
 
 
