@@ -25,6 +25,7 @@ from core.worker_process import URL_VARIABLE
 
 RESTART_BACKOFF = (0.5, 1, 2, 5, 10)
 STOP_GRACE = 15.0
+RECOVERY_RETRY = 2.0
 
 
 @dataclass
@@ -58,6 +59,8 @@ class Supervisor:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._serial = 0
+        # Dead workers whose jobs could not be handed back yet (Redis was down too): retried until done.
+        self._unrecovered: list[str] = []
         self._host = socket.gethostname().split(".")[0]
 
     # -- lifecycle ---------------------------------------------------------------------------------
@@ -143,7 +146,11 @@ class Supervisor:
             worker.process.terminate()  # RQ's warm shutdown: the current job finishes first
 
     def _watch(self) -> None:
+        retried_at = 0.0
         while not self._stop.wait(0.25):
+            if self._unrecovered and time.monotonic() - retried_at > RECOVERY_RETRY:
+                retried_at = time.monotonic()
+                self._unrecovered = [name for name in self._unrecovered if not self._recover(name, quiet=True)]
             with self._lock:
                 for index, worker in enumerate(list(self.workers)):
                     code = worker.process.poll()
@@ -151,7 +158,8 @@ class Supervisor:
                         continue
                     self.dead.append({"name": worker.name, "pid": worker.pid, "code": code, "at": time.time()})
                     del self.dead[:-50]
-                    self._recover(worker.name)
+                    if not self._recover(worker.name):
+                        self._unrecovered.append(worker.name)
                     if self._stop.is_set():
                         return
                     delay = RESTART_BACKOFF[min(worker.restarts, len(RESTART_BACKOFF) - 1)]
@@ -168,7 +176,7 @@ class Supervisor:
                 return
             self.workers.append(self._spawn(restarts))
 
-    def _recover(self, dead_name: str) -> None:
+    def _recover(self, dead_name: str, quiet: bool = False) -> bool:
         """Mark the dead worker's started jobs as expired and let RQ's cleanup retry them now."""
         try:
             registry = StartedJobRegistry(self.queue_name, connection=self.connection, job_class=SafeJob,
@@ -188,5 +196,8 @@ class Supervisor:
                                         serializer=JSONSerializer)
             if worker is not None:
                 worker.register_death()
+            return True
         except redis.RedisError as error:
-            self.on_event("error", f"could not recover jobs of {dead_name}: {error}")
+            if not quiet:
+                self.on_event("error", f"cannot hand back the jobs of {dead_name} yet ({error}); will retry")
+            return False
