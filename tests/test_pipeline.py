@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import orjson
 
@@ -102,3 +103,40 @@ def test_records_without_email_are_kept_by_fingerprint(runtime_factory, tmp_path
     runtime = runtime_factory(watch=False)
     runtime.run_once()
     assert runtime.store.count() == 2  # the first two differ only by the file-local id
+
+
+def test_a_cancelled_stream_then_a_retry_of_it_leaves_each_user_once(runtime_factory, tmp_path):
+    """A client that gives up mid-stream gets no answer (so is never told more was accepted than was);
+    sending the same users again adds nothing twice."""
+    import threading
+
+    import grpc
+
+    from protobufs import users_pb2, users_pb2_grpc
+    from tests.conftest import make_users, wait_for
+
+    runtime = runtime_factory(watch=False)
+    users = make_users(3000, "cancel")
+    batches = [users_pb2.UserBatch(users_json=orjson.dumps(users[i:i + 500]), source="cancel.json",
+                                   first_record=i) for i in range(0, 3000, 500)]
+    halfway = threading.Event()
+    release = threading.Event()
+
+    def stalled():
+        yield from batches[:3]
+        halfway.set()
+        release.wait(30)  # the client hangs here until it gives up
+        yield from batches[3:]
+
+    with grpc.insecure_channel(f"127.0.0.1:{runtime.server.port}") as channel:
+        stub = users_pb2_grpc.UsersStub(channel)
+        call = stub.SendUserBatches.future(stalled())
+        assert halfway.wait(30)
+        call.cancel()
+        release.set()
+        assert call.cancelled()
+        report = stub.SendUserBatches(iter(batches), timeout=60)
+    assert report.accepted == 3000
+    wait_for(lambda: runtime.store.count() == 3000 and len(runtime.queue) == 0, message="every user merged")
+    merged = json.loads(Path(runtime.exporter.write()["path"]).read_text())
+    assert len(merged) == len({u["email"] for u in merged}) == 3000
