@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import time
 from pathlib import Path
 
 import orjson
@@ -32,3 +33,12 @@ def replay_file(data_dir: Path, watch: Path, name: str) -> Path:
     shutil.move(source, target)  # the data and drop folders may sit on different filesystems
     (folder / (source.name + ".error.json")).unlink(missing_ok=True)
     return target
+
+
+def set_aside(folder: Path, path: Path, report_id: str, reason: str | None, kept: int) -> None:
+    """Copy a damaged file here with NAME.error.json beside it; the original stays where the user put it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(path, folder / path.name)
+    error = {"file": path.name, "id": report_id, "reason": reason, "records_kept": kept,
+             "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    (folder / (path.name + ".error.json")).write_bytes(orjson.dumps(error, option=orjson.OPT_INDENT_2))

@@ -14,6 +14,7 @@ from rq import Worker
 from core.broker import Broker
 from core.client import UsersClient
 from core.config import Settings, is_loopback
+from core.dropfiles import PATTERNS
 from core.events import EventLog
 from core.exporter import Exporter
 from core.security import server_name
@@ -100,7 +101,7 @@ class Runtime:
                                    after_merge=s.after_merge, backlog=self.backlog, max_backlog=s.max_backlog)
             if self.watch:
                 self.watcher.start()
-                self.emit("info", f"watching {s.watch} for {', '.join('*' + p for p in ('.json', '.jsonl', '.ndjson'))}")
+                self.emit("info", f"watching {s.watch} for {', '.join('*' + p for p in PATTERNS)}")
         if s.metrics_listen:
             from core.metrics import MetricsServer
 

@@ -11,64 +11,24 @@ that died is read again, and idempotent merging makes that safe.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import queue
-import shutil
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-import orjson
 import redis
 import watchfiles
 
 from core.client import SendResult, UsersClient
+from core.dropfiles import fingerprint, is_candidate, looks_complete, signature
 from core.events import EventLog
+from core.quarantine import set_aside
 from core.store import Store
 
-PATTERNS = (".json", ".jsonl", ".ndjson")
-IGNORED_SUFFIXES = (".part", ".tmp", "~")
 DONE_STATES = ("merged", "rejected")
 RESCAN_INTERVAL = 5.0
-
-
-def is_candidate(path: Path) -> bool:
-    name = path.name
-    return (not name.startswith(".") and name.lower().endswith(PATTERNS)
-            and not name.endswith(IGNORED_SUFFIXES))
-
-
-def _signature(path: Path) -> tuple[int, int] | None:
-    try:
-        stat = path.stat()
-    except OSError:
-        return None
-    return stat.st_size, stat.st_mtime_ns
-
-
-def _looks_complete(path: Path) -> bool:
-    """A JSON array whose last byte closes it was written whole; a partial write rarely ends in "]".
-
-    Only arrays: a JSON Lines file looks complete after every line, even half written.
-    """
-    if path.suffix.lower() != ".json":
-        return False
-    try:
-        with open(path, "rb") as handle:
-            handle.seek(max(0, os.fstat(handle.fileno()).st_size - 64))
-            return handle.read().rstrip().endswith(b"]")
-    except OSError:
-        return False
-
-
-def fingerprint(path: Path) -> str:
-    digest = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class Watcher:
@@ -147,7 +107,7 @@ class Watcher:
             self.events.emit("error", f"cannot read the watched folder {self.folder}: {error.strerror}")
             return
         for path in entries:
-            if everything or self.known.get(path) != _signature(path):
+            if everything or self.known.get(path) != signature(path):
                 self._note(path)
 
     def notice(self, path: Path) -> None:
@@ -198,7 +158,7 @@ class Watcher:
                     del self.candidates[path]
                     continue
                 current = (stat.st_size, stat.st_mtime_ns)
-                settled = now - stat.st_mtime >= self.quiet_period or _looks_complete(path)
+                settled = now - stat.st_mtime >= self.quiet_period or looks_complete(path)
                 if current != seen:
                     self.candidates[path] = current
                     # First sight of a whole file (renamed in, or there at startup) is enough; a change is not.
@@ -247,7 +207,7 @@ class Watcher:
         Returns (report id, outcome): "sent", "skipped" (already ingested), "refused", "gone" or "busy"
         (the same content is being read under another name; the file is looked at again later).
         """
-        self.known[path] = _signature(path)
+        self.known[path] = signature(path)
         return self._ingest(path)
 
     def _ingest(self, path: Path) -> tuple[str | None, str]:
@@ -338,16 +298,10 @@ class Watcher:
                              bytes=report.get("size", 0), seconds=seconds)
 
     def _quarantine(self, path: Path, report_id: str, result: SendResult) -> None:
-        """Set a damaged file aside with the reason next to it; the original stays where the user put it."""
-        self.quarantine.mkdir(parents=True, exist_ok=True)
         try:
-            shutil.copy2(path, self.quarantine / path.name)
+            set_aside(self.quarantine, path, report_id, result.damage, result.accepted)
         except OSError as error:
             self.events.emit("error", f"{path.name}: cannot copy to quarantine: {error.strerror}")
-            return
-        reason = {"file": path.name, "id": report_id, "reason": result.damage, "records_kept": result.accepted,
-                  "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        (self.quarantine / (path.name + ".error.json")).write_bytes(orjson.dumps(reason, option=orjson.OPT_INDENT_2))
 
     def _dispose_merged(self) -> None:
         """Apply --after-merge to files whose users are all merged."""

@@ -5,7 +5,7 @@ import sys
 
 MODULES = ["core.config", "core.records", "core.ingest", "core.store", "core.jobs", "core.taskqueue",
            "core.server", "core.client", "core.watcher", "core.broker", "core.supervisor", "core.runtime",
-           "core.exporter", "core.events", "core.worker_process", "core.quarantine", "core.status", "core.control",
+           "core.exporter", "core.events", "core.worker_process", "core.quarantine", "core.dropfiles", "core.status", "core.control",
            "core.doctor", "core.security", "core.metrics"]
 
 

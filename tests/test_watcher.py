@@ -68,7 +68,7 @@ def test_restart_resumes_unfinished_files_and_skips_merged_ones(runtime_factory,
     # A console that died mid-file leaves its report in "streaming"; the next one must read the file again.
     stuck = drop / "3.json"
     shutil.copy(CHALLENGE / "3.json", stuck)
-    from core.watcher import fingerprint
+    from core.dropfiles import fingerprint
 
     first.store.update_report(fingerprint(stuck), name="3.json", state="streaming", records=400)
     first.stop()
