@@ -79,7 +79,7 @@ class Runtime:
         self.store = Store(connection, s.namespace)
         self.queue = make_queue(connection, s.namespace)
         self.supervisor = Supervisor(connection, self.broker.url, s.namespace, s.workers, on_event=self.emit,
-                                     mode=s.worker_mode)
+                                     mode=s.worker_mode, log_dir=s.data_dir / "logs")
         self.supervisor.start()
         self.emit("info", f"workers: {s.workers} started")
         if self.serve:

@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import redis
 from rq.registry import StartedJobRegistry
@@ -46,9 +47,11 @@ class WorkerProcess:
 
 class Supervisor:
     def __init__(self, connection: redis.Redis, redis_url: str, queue_name: str, desired: int, on_event=None,
-                 mode: str = "inline"):
+                 mode: str = "inline", log_dir: Path | None = None):
         self.connection = connection
         self.mode = mode
+        # Each worker's own output goes to a file here (the console owns the terminal); None: inherit it.
+        self.log_dir = log_dir
         self.redis_url = redis_url
         self.queue_name = queue_name
         self.desired = desired
@@ -127,11 +130,22 @@ class Supervisor:
         self._serial += 1
         name = f"swordsec-{self._host}-{os.getpid()}-{self._serial}"
         env = dict(os.environ, **{URL_VARIABLE: self.redis_url, "SWORDSEC_WORKER_SUPERVISED": "1"})
-        process = subprocess.Popen(
-            [sys.executable, "-m", "core.worker_process", self.queue_name, name, self.mode],
-            env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
+        output = None
+        if self.log_dir is not None:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            output = open(self.log_path(name), "ab")
+        try:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "core.worker_process", self.queue_name, name, self.mode],
+                env=env, stdin=subprocess.DEVNULL, stdout=output, stderr=output,
+            )
+        finally:
+            if output is not None:
+                output.close()  # the child holds its own descriptor
         return WorkerProcess(name=name, process=process, restarts=restarts)
+
+    def log_path(self, name: str) -> Path | None:
+        return None if self.log_dir is None else self.log_dir / f"{name}.log"
 
     def _reconcile(self) -> None:
         while len(self.workers) < self.desired:
@@ -165,8 +179,9 @@ class Supervisor:
                     delay = RESTART_BACKOFF[min(worker.restarts, len(RESTART_BACKOFF) - 1)]
                     if time.time() - worker.started_at > 60:
                         worker.restarts, delay = 0, RESTART_BACKOFF[0]
+                    log = self.log_path(worker.name)
                     self.on_event("warning", f"worker {worker.name} (pid {worker.pid}) exited with {code}; "
-                                             f"restarting in {delay:g} s")
+                                             f"restarting in {delay:g} s" + (f"; its log: {log}" if log else ""))
                     self.workers.remove(worker)
                     threading.Timer(delay, self._replace, args=(worker.restarts + 1,)).start()
 

@@ -148,3 +148,13 @@ def test_a_busy_worker_that_loses_redis_exits_is_replaced_and_its_batch_is_not_l
     finally:
         runtime.stop()
         broker.stop()
+
+
+def test_a_dead_workers_output_is_kept_in_its_log(runtime_factory):
+    runtime = runtime_factory(watch=False, workers=1)
+    [worker] = runtime.supervisor.processes()
+    log = runtime.supervisor.log_path(worker["name"])
+    os.kill(worker["pid"], signal.SIGKILL)
+    event = wait_for(lambda: [e for e in runtime.events.recent() if worker["name"] in e.text and "exited" in e.text],
+                     message="the death to be reported")
+    assert str(log) in event[0].text and log.exists()
