@@ -132,6 +132,9 @@ def run_ui(settings: Settings) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    # gRPC's C core logs to stderr on its own (bind failures, TLS handshakes); our one-line errors say it
+    # better. GRPC_VERBOSITY=debug still works for whoever sets it.
+    os.environ.setdefault("GRPC_VERBOSITY", "NONE")
     try:
         if argv and argv[0] in SUBCOMMANDS:
             from console import commands

@@ -5,9 +5,11 @@ The headless mode and the TUI drive this same object: start(), commands, snapsho
 
 from __future__ import annotations
 
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 from rq import Worker
 
@@ -26,6 +28,18 @@ from core.watcher import DONE_STATES, Watcher
 
 
 NO_WORKER_GRACE = 30.0
+
+
+def _usable_folder(path: Path, what: str) -> None:
+    """Create the folder if needed, or fail with one line that names it."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise OSError(f"the {what} {path} exists and is not a folder") from None
+    except OSError as error:
+        raise OSError(f"cannot create the {what} {path}: {error.strerror}") from None
+    if not os.access(path, os.R_OK | os.W_OK | os.X_OK):
+        raise OSError(f"the {what} {path} is not readable and writable by this user")
 
 
 @dataclass
@@ -73,6 +87,9 @@ class Runtime:
     # -- lifecycle ------------------------------------------------------------------------------------
     def start(self) -> "Runtime":
         s = self.settings
+        _usable_folder(s.data_dir, "data folder")
+        if self.serve:
+            _usable_folder(s.watch, "watched folder")
         connection = self.broker.start()
         kind = "embedded" if self.broker.embedded else "external"
         self.emit("info", f"redis: {kind} at {self.broker.display_url}")

@@ -203,10 +203,13 @@ class GrpcServer:
         users_pb2_grpc.add_UsersServicer_to_server(self.service, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
-        if tls_cert:
-            self.port = self.server.add_secure_port(listen, security.server_credentials(tls_cert, tls_key))
-        else:
-            self.port = self.server.add_insecure_port(listen)
+        try:
+            if tls_cert:
+                self.port = self.server.add_secure_port(listen, security.server_credentials(tls_cert, tls_key))
+            else:
+                self.port = self.server.add_insecure_port(listen)
+        except RuntimeError:  # grpc says "Failed to bind"; say it in our words
+            self.port = 0
         if self.port == 0:
             raise OSError(f"cannot listen on {listen} for gRPC (address in use or not available)")
         self.serving = False

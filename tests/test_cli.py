@@ -212,3 +212,21 @@ def test_send_reports_what_the_server_accepted_and_fails_clearly_without_a_serve
     nobody = run(["send", files[0], "--server", "127.0.0.1:1", "--timeout", "1"])
     assert nobody.returncode == 3 and "no gRPC server answers at 127.0.0.1:1" in nobody.stderr
     assert "Traceback" not in nobody.stderr
+
+
+def test_unusable_folders_and_a_taken_port_get_one_line(tmp_path):
+    import socket
+
+    (tmp_path / "afile").write_text("")
+    not_a_folder = run(["--no-ui", "--once", *folder_args(tmp_path), "--watch", str(tmp_path / "afile")])
+    assert not_a_folder.returncode == 3
+    assert not_a_folder.stderr.strip() == f"swordsec-console: the watched folder {tmp_path / 'afile'} exists and is not a folder"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        busy = run(["--no-ui", "--once", *folder_args(tmp_path), "--grpc-listen", f"127.0.0.1:{port}"])
+    assert busy.returncode == 3
+    assert busy.stderr.strip().splitlines() == [
+        f"swordsec-console: cannot listen on 127.0.0.1:{port} for gRPC (address in use or not available)"]
+    assert not embedded_redis_alive(tmp_path)
