@@ -8,6 +8,7 @@ before it is yielded, and `damage` says where and why the file broke.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,7 +25,9 @@ WHOLE_FILE_BYTES = 8 * 1024 * 1024
 
 
 MAX_DEPTH = 256
-OPENERS, CLOSERS = frozenset(b"[{"), frozenset(b"]}")
+# A whole JSON string (escapes included), in the unrolled form that Python's re runs at C speed.
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+_OPENERS, _CLOSERS = frozenset(b"[{"), frozenset(b"]}")
 
 
 class NestingTooDeep(ValueError):
@@ -34,34 +37,45 @@ class NestingTooDeep(ValueError):
 class _GuardedReader:
     """Feeds the parser, counting bytes (to say where damage is) and refusing absurd nesting.
 
-    ijson keeps a prefix string per open level, so 100,000 nested brackets cost it gigabytes. Depth is
-    tracked by bracket balance, ignoring strings: an upper bound that only a hostile file comes near;
-    a chunk that could pass the limit is walked exactly before it reaches the parser.
+    ijson keeps a prefix string per open level, so 100,000 nested brackets cost it gigabytes; the depth
+    is checked here, before the parser sees a chunk. Strings are cut out first (brackets inside them
+    do not nest); a string still open at the end of a chunk is carried into the next one.
     """
 
     def __init__(self, raw):
         self.raw = raw
         self.consumed = 0
         self.depth = 0
+        self._carry = b""
 
     def read(self, size: int = -1) -> bytes:
         data = self.raw.read(size)
-        opens = data.count(b"[") + data.count(b"{")
-        closes = data.count(b"]") + data.count(b"}")
-        if self.depth + opens > MAX_DEPTH:
-            self._walk(data)
-        self.depth = max(0, self.depth + opens - closes)
+        self._check(data)
         self.consumed += len(data)
         return data
 
-    def _walk(self, data: bytes) -> None:
+    def _check(self, data: bytes) -> None:
+        text = self._carry + data
+        quotes = text.count(b'"') - text.count(b'\\"')
+        if quotes % 2 and data:
+            cut = text.rfind(b'"')
+            text, self._carry = text[:cut], text[cut:]
+        else:
+            self._carry = b""
+        structure = _STRING.sub(b"", text)
+        opens = structure.count(b"[") + structure.count(b"{")
+        if self.depth + opens > MAX_DEPTH:
+            self._walk(structure)
+        self.depth = max(0, self.depth + opens - structure.count(b"]") - structure.count(b"}"))
+
+    def _walk(self, structure: bytes) -> None:
         depth = self.depth
-        for offset, byte in enumerate(data):
-            if byte in OPENERS:
+        for byte in structure:
+            if byte in _OPENERS:
                 depth += 1
                 if depth > MAX_DEPTH:
-                    raise NestingTooDeep(f"nested deeper than {MAX_DEPTH} levels at byte {self.consumed + offset}")
-            elif byte in CLOSERS:
+                    raise NestingTooDeep(f"nested deeper than {MAX_DEPTH} levels near byte {self.consumed}")
+            elif byte in _CLOSERS:
                 depth = max(0, depth - 1)
 
 

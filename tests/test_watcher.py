@@ -199,3 +199,19 @@ def test_backlog_bound_holds_the_reader_until_workers_drain(runtime_factory, tmp
     assert peak <= 3 and reports_by_name(runtime.store)["many.json"]["state"] == "streaming"
     runtime.supervisor.scale(2)
     wait_for(lambda: runtime.store.count() == 3000, timeout=60, message="every user once workers start")
+
+
+def test_brackets_inside_strings_never_count_as_nesting(runtime_factory, tmp_path, monkeypatch):
+    """The streaming path (big or damaged files) guards nesting depth; brackets in strings are data."""
+    import core.ingest
+
+    monkeypatch.setattr(core.ingest, "WHOLE_FILE_BYTES", 0)  # stream even this small file
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    users = make_users(2000, "brackets")
+    for user in users:
+        user["first_name"] = 'a{b[c "quoted" \\ {'
+    (drop / "brackets.json").write_bytes(orjson.dumps(users))
+    runtime = runtime_factory(watch=False)
+    summary = runtime.run_once()
+    assert summary.accepted == 2000 and summary.clean
