@@ -139,16 +139,18 @@ class Store:
 
     def iter_users(self, chunk: int = EXPORT_CHUNK):
         """Yield raw user JSON (bytes) in merge-key byte order, a chunk at a time (flat memory)."""
+        # Paged by key, not by position: a key merged meanwhile ahead of the cursor would shift positions
+        # and repeat a user; one merged behind it is left for the next export (the version moved).
         order, users = self.key("users", "order"), self.key("users")
-        start = 0
+        after = b"-"
         while True:
-            keys = self.redis.zrange(order, start, start + chunk - 1)
+            keys = self.redis.zrangebylex(order, after, b"+", start=0, num=chunk)
             if not keys:
                 return
             for value in self.redis.hmget(users, keys):
                 if value is not None:
                     yield value
-            start += len(keys)
+            after = b"(" + keys[-1]
 
     def users_page(self, start: int, count: int) -> list[dict]:
         keys = self.redis.zrange(self.key("users", "order"), start, start + count - 1)

@@ -140,3 +140,17 @@ def test_a_cancelled_stream_then_a_retry_of_it_leaves_each_user_once(runtime_fac
     wait_for(lambda: runtime.store.count() == 3000 and len(runtime.queue) == 0, message="every user merged")
     merged = json.loads(Path(runtime.exporter.write()["path"]).read_text())
     assert len(merged) == len({u["email"] for u in merged}) == 3000
+
+
+def test_export_never_repeats_a_user_when_merges_land_during_it(connection, namespace, tmp_path):
+    store = Store(connection, namespace)
+    attempt = store.begin_attempt("f", state="streaming")
+    users = [{"id": i, "email": f"m{i}@x.org"} for i in range(10)]
+    store.merge_batch("f", attempt, "0:10", store.reserve_seq(10), users, "email")
+    walk = store.iter_users(chunk=5)
+    first_half = [next(walk) for _ in range(5)]
+    early = {"id": 99, "email": "a0@x.org"}  # sorts before everything already exported
+    store.merge_batch("f", attempt, "10:1", store.reserve_seq(1), [early], "email")
+    rest = list(walk)
+    emails = [orjson.loads(v)["email"] for v in first_half + rest]
+    assert len(emails) == len(set(emails)) == 10
