@@ -104,8 +104,14 @@ def run_headless(settings: Settings) -> int:
     setup_logging(settings.log_format)
     log = logging.getLogger("swordsec")
     stop = threading.Event()
+
+    def on_signal(*_):
+        if settings.once:
+            raise KeyboardInterrupt  # leave run_once at once; the finally below stops what we started
+        stop.set()
+
     for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
+        signal.signal(signum, on_signal)
     runtime = Runtime(settings, watch=not settings.once)
     try:
         runtime.start()

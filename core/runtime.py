@@ -163,10 +163,15 @@ class Runtime:
         return len(self.queue) if self.queue is not None else 0
 
     def wait_merged(self, report_ids: list[str], timeout: float | None = None) -> None:
-        """Block until every report is merged or rejected and the unary inbox is empty."""
+        """Block until every report is merged or rejected.
+
+        Fails instead of waiting forever when no worker serves the queue, or when batches failed for good
+        (their users cannot arrive; the failed jobs hold them for a requeue).
+        """
         deadline = None if timeout is None else time.monotonic() + timeout
         pending = set(report_ids)
         idle_since = None
+        failed_before = len(self.queue.failed_job_registry)
         while pending:
             for report_id in list(pending):
                 if self.store.report(report_id).get("state") in DONE_STATES:
@@ -174,7 +179,13 @@ class Runtime:
             self.watcher.check_inflight()
             if not pending:
                 break
-            if self.supervisor.alive_count() or Worker.count(queue=self.queue):
+            failed = len(self.queue.failed_job_registry) - failed_before
+            if failed > 0:
+                raise RuntimeError(f"{failed} batch job(s) failed for good, so {len(pending)} file(s) cannot "
+                                   f"complete; see Failed jobs in the console or `rq info`, fix, and requeue them")
+            # A worker registered in Redis (here or on another machine) serves the queue; a local process
+            # that keeps dying before it registers does not.
+            if Worker.count(queue=self.queue):
                 idle_since = None
             elif idle_since is None:
                 idle_since = time.monotonic()

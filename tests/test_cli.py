@@ -230,3 +230,20 @@ def test_unusable_folders_and_a_taken_port_get_one_line(tmp_path):
     assert busy.stderr.strip().splitlines() == [
         f"swordsec-console: cannot listen on 127.0.0.1:{port} for gRPC (address in use or not available)"]
     assert not embedded_redis_alive(tmp_path)
+
+
+def test_once_can_be_interrupted_and_leaves_nothing_running(tmp_path):
+    copy_challenge(tmp_path / "drop", {"1.json"})
+    args = ["--no-ui", "--once", *folder_args(tmp_path), "--workers", "0"]  # no worker: it would wait
+    process = subprocess.Popen(PROGRAM + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env=clean_env())
+    try:
+        wait_for(lambda: embedded_redis_alive(tmp_path), message="the embedded Redis to start")
+        wait_for(lambda: (tmp_path / "data" / "redis" / "redis.log").exists(), message="Redis to log")
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 130
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert "Traceback" not in process.stderr.read()
+    assert not embedded_redis_alive(tmp_path)

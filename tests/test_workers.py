@@ -158,3 +158,15 @@ def test_a_dead_workers_output_is_kept_in_its_log(runtime_factory):
     event = wait_for(lambda: [e for e in runtime.events.recent() if worker["name"] in e.text and "exited" in e.text],
                      message="the death to be reported")
     assert str(log) in event[0].text and log.exists()
+
+
+def test_once_stops_with_a_clear_reason_when_batches_fail_for_good(runtime_factory, tmp_path, monkeypatch):
+    """A batch job that fails every retry (here its gate file is a folder, so the failpoint raises)."""
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    (tmp_path / "gate.started").mkdir()  # writing the pid there fails: the job raises, every retry
+    monkeypatch.setenv(FAILPOINT, str(gate))
+    runtime = runtime_factory(watch=False, workers=1)
+    copy_challenge(tmp_path / "drop", {"9.json"})
+    with pytest.raises(RuntimeError, match="batch job\\(s\\) failed for good"):
+        runtime.run_once()
