@@ -6,7 +6,7 @@ the inbox that a drain job empties. Health and reflection are registered; stop()
 
 from __future__ import annotations
 
-import itertools
+import contextlib
 import threading
 import time
 import uuid
@@ -14,6 +14,7 @@ from concurrent import futures
 
 import grpc
 import orjson
+import redis
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -95,40 +96,44 @@ class Tally:
 class UsersService(users_pb2_grpc.UsersServicer):
     def __init__(self, intake: Intake):
         self.intake = intake
-        self.calls = itertools.count()
         self.calls_done = 0
         self.open_streams = 0
         self.users_accepted = 0
         self._lock = threading.Lock()
 
-    def _begin(self, stream: bool) -> None:
+    @contextlib.contextmanager
+    def _call(self, context, stream: bool, tally: "Tally"):
+        """Counts the call for the status panel, and turns a lost store into UNAVAILABLE, not a traceback.
+        The answer comes only at the end, so a failed call was never told any of its users were accepted."""
         with self._lock:
-            self.calls_done = next(self.calls) + 1
+            self.calls_done += 1
             self.open_streams += stream
-
-    def _end(self, stream: bool, accepted: int) -> None:
-        with self._lock:
-            self.open_streams -= stream
-            self.users_accepted += accepted
+        try:
+            yield
+        except redis.RedisError as error:
+            context.abort(grpc.StatusCode.UNAVAILABLE, f"the store (Redis) is unavailable: {error}")
+        finally:
+            with self._lock:
+                self.open_streams -= stream
+                self.users_accepted += tally.accepted
 
     def SendUserInfo(self, request, context):
-        self._begin(False)
-        try:
-            user = normalise(user_from_pb(request))
-        except RecordError as error:
-            self._end(False, 0)
-            return users_pb2.UserResponse(status=False, message=str(error))
-        self.intake.unary(user)
-        self._end(False, 1)
-        return users_pb2.UserResponse(status=True, message="ok")
+        tally = Tally()
+        with self._call(context, False, tally):
+            try:
+                user = normalise(user_from_pb(request))
+            except RecordError as error:
+                return users_pb2.UserResponse(status=False, message=str(error))
+            self.intake.unary(user)
+            tally.accepted = 1
+            return users_pb2.UserResponse(status=True, message="ok")
 
     def SendUserInfoClientStream(self, request_iterator, context):
-        self._begin(True)
         tally, report_id = Tally(), "adhoc-" + uuid.uuid4().hex
-        attempt = self.intake.store.attempt(report_id)
         pending: list[dict] = []
         record = first = 0
-        try:
+        with self._call(context, True, tally):
+            attempt = self.intake.store.attempt(report_id)
             for request in request_iterator:
                 pending.extend(self.intake.validate([user_from_pb(request)], record, tally))
                 record += 1
@@ -140,8 +145,6 @@ class UsersService(users_pb2_grpc.UsersServicer):
                 self._flush(report_id, attempt, first, tally, pending)
             self.intake.store.finish_report(report_id, tally.batches, name="client stream", state="queued",
                                             records=record, accepted=tally.accepted, rejected=tally.rejected)
-        finally:
-            self._end(True, tally.accepted)
         return users_pb2.UserResponse(status=tally.rejected == 0, message=tally.message())
 
     def _flush(self, report_id: str, attempt: str, first: int, tally: Tally, pending: list[dict]) -> None:
@@ -151,11 +154,10 @@ class UsersService(users_pb2_grpc.UsersServicer):
         pending.clear()
 
     def SendUserBatches(self, request_iterator, context):
-        self._begin(True)
         tally = Tally()
         adhoc = "adhoc-" + uuid.uuid4().hex
         attempts: dict[str, str] = {}
-        try:
+        with self._call(context, True, tally):
             for batch in request_iterator:
                 report_id = batch.file_id or adhoc
                 if report_id not in attempts:
@@ -175,8 +177,6 @@ class UsersService(users_pb2_grpc.UsersServicer):
             if adhoc in attempts:
                 self.intake.store.finish_report(adhoc, tally.batches, name="send", state="queued",
                                                 accepted=tally.accepted, rejected=tally.rejected)
-        finally:
-            self._end(True, tally.accepted)
         return users_pb2.IngestReport(
             status=tally.rejected == 0, message=tally.message(), accepted=tally.accepted, rejected=tally.rejected,
             batches=tally.batches, rejections=[users_pb2.Rejection(record=r, reason=m) for r, m in tally.reasons],
