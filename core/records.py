@@ -12,7 +12,7 @@ from core.config import USER_FIELDS
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 STRING_FIELDS = USER_FIELDS[1:]
 USER_FIELD_SET = frozenset(USER_FIELDS)
-# One user is a few hundred bytes; anything far larger is garbage that would bloat a batch message.
+# One user is a few hundred characters; anything far larger is garbage that would bloat a batch message.
 MAX_RECORD_BYTES = 64 * 1024
 
 

@@ -104,6 +104,7 @@ class Runtime:
             self.server = GrpcServer(intake, s.grpc_listen, tls_cert=s.tls_cert, tls_key=s.tls_key, token=s.token,
                                      max_concurrent_calls=s.max_concurrent_calls)
             self.server.start()
+            intake.drain_leftovers()
             self.emit("info", f"gRPC: serving Users on {self.server.address}"
                               f"{' with TLS' if s.tls else ''}{' with a token' if s.token else ''}")
             if s.insecure and not (s.tls or s.token) and not is_loopback(s.grpc_listen.rpartition(":")[0]):
@@ -207,7 +208,7 @@ class Runtime:
         while self.watcher.candidates:  # "busy": a copy of a file that was being read
             outcomes += [self.watcher.ingest(path) for path in self.watcher.drain_now()]
         outcomes = [o for o in outcomes if o[1] != "busy"]
-        sent = [report_id for report_id, outcome in outcomes if outcome == "sent"]
+        sent = list(dict.fromkeys(report_id for report_id, outcome in outcomes if outcome == "sent"))
         self.wait_merged(sent)
         info = self.exporter.write()
         fresh = [self.store.report(i) for i in sent]

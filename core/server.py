@@ -70,6 +70,15 @@ class Intake:
 
     def unary(self, user: dict) -> None:
         if self.store.push_unary(user, self.key_field):
+            try:
+                enqueue_drain(self.queue, self.store.ns)
+            except redis.RedisError:
+                self.store.redis.delete(self.store.key("inbox", "pending"))  # let the next call try again
+                raise
+
+    def drain_leftovers(self) -> None:
+        """Unary users a previous run accepted but never drained (it died first) are merged now."""
+        if self.store.redis.llen(self.store.key("inbox")):
             enqueue_drain(self.queue, self.store.ns)
 
 

@@ -6,7 +6,7 @@ Key layout (all under the namespace, default "swordsec"):
   users:order   zset  merge keys, all score 0, so the export walks them in a stable byte order
   version       int   bumped whenever a merge changes the users hash
   seq           int   ingest sequence counter
-  inbox         list  unary users waiting for a drain job
+  inbox         list  unary users waiting for a drain job; inbox:pending is set while one is queued
   file:<id>     hash  one file's report; file:<id>:done holds the record ranges already merged,
                       file:<id>:seen:<attempt> the ranges the current ingest attempt has counted
   files         zset  file id -> last update time (the ledger index, newest first)
@@ -15,6 +15,7 @@ Key layout (all under the namespace, default "swordsec"):
 
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 import time
@@ -31,6 +32,7 @@ EXPORT_CHUNK = 5000
 DRAIN_FLAG_TTL = 60
 
 
+@functools.cache
 def _lua(name: str) -> str:
     return resources.files("core.lua").joinpath(name).read_text()
 

@@ -228,6 +228,12 @@ class Watcher:
             note = "" if same == path.name else f" (same content as {same})"
             self.events.emit("info", f"{path.name}: already ingested{note}; skipped", file=path.name, id=report_id)
             return report_id, "skipped"
+        if report_id in self.inflight:
+            name = self.inflight[report_id][0]
+            if name != path.name:
+                self.events.emit("info", f"{path.name}: same content as {name}, already sent; skipped",
+                                 file=path.name, id=report_id)
+            return report_id, "skipped"
         with self._lock:
             if report_id in self.reading:
                 # The same content under another name is being read right now: look again later.
