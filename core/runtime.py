@@ -116,7 +116,7 @@ class Runtime:
                                       server_name=server_name(s.tls_cert) if s.tls else None)
             self.watcher = Watcher(s.watch, s.data_dir, self.store, self.client, self.events,
                                    batch_size=s.batch_size, quiet_period=s.quiet_period, poll=s.poll,
-                                   after_merge=s.after_merge, backlog=self.backlog, max_backlog=s.max_backlog)
+                                   after_merge=s.after_merge)
             if self.watch:
                 self.watcher.start()
                 self.emit("info", f"watching {s.watch} for {', '.join('*' + p for p in PATTERNS)}")
@@ -138,9 +138,13 @@ class Runtime:
         if self.metrics:
             self.metrics.stop()
         if self.watcher:
-            self.watcher.stop()
+            self.watcher.request_stop()
         if self.server:
+            # Before joining the readers: a stream held back by a full queue is cancelled, not waited on;
+            # its file stays "streaming" in the ledger and is read again at the next start.
             self.server.stop(grace=5.0)
+        if self.watcher:
+            self.watcher.stop()
         if self.client:
             self.client.close()
         if self.supervisor:

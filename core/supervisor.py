@@ -183,13 +183,22 @@ class Supervisor:
                     self.on_event("warning", f"worker {worker.name} (pid {worker.pid}) exited with {code}; "
                                              f"restarting in {delay:g} s" + (f"; its log: {log}" if log else ""))
                     self.workers.remove(worker)
-                    threading.Timer(delay, self._replace, args=(worker.restarts + 1,)).start()
+                    self._later(delay, worker.restarts + 1)
+
+    def _later(self, delay: float, restarts: int) -> None:
+        timer = threading.Timer(delay, self._replace, args=(restarts,))
+        timer.daemon = True  # a pending restart must not keep a stopping program alive
+        timer.start()
 
     def _replace(self, restarts: int) -> None:
         with self._lock:
             if self._stop.is_set() or len(self.workers) >= self.desired:
                 return
-            self.workers.append(self._spawn(restarts))
+            try:
+                self.workers.append(self._spawn(restarts))
+            except OSError as error:  # out of processes or memory: try again a little later
+                self.on_event("error", f"cannot start a worker: {error}; trying again in 5 s")
+                self._later(5.0, restarts)
 
     def _recover(self, dead_name: str, quiet: bool = False) -> bool:
         """Mark the dead worker's started jobs as expired and let RQ's cleanup retry them now."""

@@ -15,7 +15,6 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import redis
@@ -34,7 +33,7 @@ RESCAN_INTERVAL = 5.0
 class Watcher:
     def __init__(self, folder: Path, data_dir: Path, store: Store, client: UsersClient, events: EventLog, *,
                  batch_size: int = 1000, quiet_period: float = 1.0, poll: bool = False, after_merge: str = "keep",
-                 backlog: Callable[[], int] = lambda: 0, max_backlog: int = 200, readers: int = 3):
+                 readers: int = 3):
         self.folder = Path(folder).absolute()
         self.data_dir = Path(data_dir)
         self.quarantine = self.data_dir / "quarantine"
@@ -45,8 +44,6 @@ class Watcher:
         self.quiet_period = quiet_period
         self.poll = poll
         self.after_merge = after_merge
-        self.backlog = backlog
-        self.max_backlog = max_backlog
         self.paused = threading.Event()
         self.candidates: dict[Path, tuple[int, int]] = {}
         # (size, mtime) of each file as it was when last handled: a rescan skips files that did not change.
@@ -71,12 +68,17 @@ class Watcher:
             thread.start()
             self._threads.append(thread)
 
-    def stop(self) -> None:
+    def request_stop(self) -> None:
+        """No new file is started; a file being sent finishes, or fails when the server stops first."""
         self._stop.set()
         for _ in range(self.readers):
             self.ready.put(None)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self.request_stop()
+        deadline = time.monotonic() + timeout
         for thread in self._threads:
-            thread.join(timeout=30)
+            thread.join(timeout=max(0.1, deadline - time.monotonic()))
 
     def pause(self) -> None:
         self.paused.set()
@@ -257,9 +259,8 @@ class Watcher:
         return report_id, "sent"
 
     def _progress(self, report_id: str, result: SendResult) -> None:
+        # Back-pressure is the server's (Intake.hold): it stops reading the stream, which stalls us here.
         self.store.update_report(report_id, records=result.records, rejected=result.rejected)
-        while self.backlog() > self.max_backlog and not self._stop.is_set():
-            self._stop.wait(0.1)
 
     def _finish(self, path: Path, report_id: str, result: SendResult, started: float) -> None:
         fields = dict(records=result.records, accepted=result.accepted, rejected=result.rejected,
