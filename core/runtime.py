@@ -178,10 +178,10 @@ class Runtime:
         idle_since = None
         failed_before = len(self.queue.failed_job_registry)
         while pending:
-            for report_id in list(pending):
-                if self.store.report(report_id).get("state") in DONE_STATES:
-                    pending.discard(report_id)
             self.watcher.check_inflight()
+            for report in self.store.reports_for(list(pending)):
+                if report.get("state") in DONE_STATES:
+                    pending.discard(report["id"])
             if not pending:
                 break
             failed = len(self.queue.failed_job_registry) - failed_before
@@ -199,7 +199,7 @@ class Runtime:
                                    f"`swordsec-console worker` against the same Redis")
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"{len(pending)} file(s) not merged in time")
-            time.sleep(0.05)
+            time.sleep(0.1)
 
     def run_once(self) -> Summary:
         """Ingest every file now in the watched folder, wait for the merge, write all_users.json."""

@@ -120,11 +120,15 @@ class Store:
     def reports(self, limit: int = 500) -> list[dict]:
         """The newest file reports first."""
         ids = [i.decode() for i in self.redis.zrevrange(self.key("files"), 0, limit - 1)]
+        return [report for report in self.reports_for(ids) if len(report) > 1]
+
+    def reports_for(self, ids: list[str]) -> list[dict]:
+        """These reports, in one round trip (an unknown id gives just {"id": ...})."""
         with self.redis.pipeline(transaction=False) as pipe:
             for report_id in ids:
                 pipe.hgetall(self.key("file", report_id))
             rows = pipe.execute()
-        return [_decode_report(i, row) for i, row in zip(ids, rows) if row]
+        return [_decode_report(i, row) for i, row in zip(ids, rows)]
 
     def forget_report(self, report_id: str) -> None:
         attempt = self.redis.hget(self.key("file", report_id), "attempt")

@@ -123,7 +123,7 @@ class Watcher:
             self.candidates.setdefault(path, (-1, -1))
 
     def _watch(self) -> None:
-        disposed_at = scanned_at = 0.0
+        scanned_at = 0.0
         try:
             for changes in watchfiles.watch(self.folder, stop_event=self._stop, force_polling=self.poll or None,
                                             yield_on_timeout=True, rust_timeout=200, debounce=100,
@@ -136,9 +136,6 @@ class Watcher:
                     self.scan()
                 self._promote_stable()
                 self._safely(self.check_inflight)
-                if time.monotonic() - disposed_at > 1.0:
-                    disposed_at = time.monotonic()
-                    self._dispose_merged()
         except Exception as error:  # the folder vanished, permissions changed: say so, don't die silently
             self.events.emit("error", f"watching {self.folder} stopped: {error}")
 
@@ -229,6 +226,8 @@ class Watcher:
             same = known.get("name")
             note = "" if same == path.name else f" (same content as {same})"
             self.events.emit("info", f"{path.name}: already ingested{note}; skipped", file=path.name, id=report_id)
+            if known.get("state") == "merged":
+                self._dispose(path, known)  # merged before a restart, or a copy: the policy still applies
             return report_id, "skipped"
         if report_id in self.inflight:
             name = self.inflight[report_id][0]
@@ -277,14 +276,18 @@ class Watcher:
             self.events.emit("warning", f"{path.name}: rejected: {result.damage}; set aside in {self.quarantine}",
                              file=path.name, id=report_id, state="rejected")
             return
-        self.inflight[report_id] = (path.name, started)
+        self.inflight[report_id] = (path.name, started, path)
         if merged:
             self.check_inflight()
 
     def check_inflight(self) -> None:
-        """Log one line per file once all its users are merged, with the figures only the merge knows."""
-        for report_id, (name, started) in list(self.inflight.items()):
-            report = self.store.report(report_id)
+        """Once all of a file's users are merged: one log line with the figures only the merge knows, and
+        the --after-merge policy applied."""
+        waiting = list(self.inflight.items())
+        if not waiting:
+            return
+        reports = self.store.reports_for([report_id for report_id, _ in waiting])
+        for (report_id, (name, started, path)), report in zip(waiting, reports):
             if report.get("state") != "merged" or self.inflight.pop(report_id, None) is None:
                 continue  # not yet, or another thread has just logged it
             seconds = round(time.time() - started, 3)
@@ -303,6 +306,7 @@ class Watcher:
                              state="partial" if damage else "merged", accepted=report.get("accepted", 0),
                              rejected=report.get("rejected", 0), duplicates=report.get("duplicate", 0),
                              bytes=report.get("size", 0), seconds=seconds)
+            self._dispose(path, report)
 
     def _quarantine(self, path: Path, report_id: str, result: SendResult) -> None:
         try:
@@ -310,26 +314,21 @@ class Watcher:
         except OSError as error:
             self.events.emit("error", f"{path.name}: cannot copy to quarantine: {error.strerror}")
 
-    def _dispose_merged(self) -> None:
-        """Apply --after-merge to files whose users are all merged."""
-        if self.after_merge == "keep":
+    def _dispose(self, path: Path, report: dict) -> None:
+        """Apply --after-merge to a merged file, if the file at that path still holds that content."""
+        own = str(path) == report.get("path")  # not a copy of the file under another name
+        if self.after_merge == "keep" or (own and report.get("disposed")):
             return
         try:
-            self._dispose_each()
-        except (redis.RedisError, OSError) as error:
-            self.events.emit("error", f"after-merge {self.after_merge} failed: {error}")
-
-    def _dispose_each(self) -> None:
-        for report in self.store.reports(limit=200):
-            if report.get("state") != "merged" or report.get("disposed"):
-                continue
-            path = Path(report.get("path", ""))
             if path.parent != self.folder or not path.exists() or fingerprint(path) != report["id"]:
-                continue
+                return
             if self.after_merge == "delete":
                 path.unlink()
             else:
                 target = self.folder / "processed"
                 target.mkdir(exist_ok=True)
                 os.replace(path, target / path.name)
-            self.store.update_report(report["id"], disposed=self.after_merge)
+            if own:
+                self.store.update_report(report["id"], disposed=self.after_merge)
+        except (redis.RedisError, OSError) as error:
+            self.events.emit("error", f"{path.name}: after-merge {self.after_merge} failed: {error}")
