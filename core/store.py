@@ -90,11 +90,16 @@ class Store:
     def begin_attempt(self, report_id: str, **fields) -> str:
         """Start a new ingest attempt of a file: batches of earlier attempts no longer count towards it."""
         attempt = uuid.uuid4().hex[:12]
-        previous = self.redis.hget(self.key("file", report_id), "attempt")
-        if previous:
-            self.redis.delete(self.key("file", report_id, "seen", previous.decode()))
-        self.update_report(report_id, attempt=attempt, batches_done=0, **fields)
-        self.redis.hdel(self.key("file", report_id), "batches_total")
+        report = self.key("file", report_id)
+        previous = self.redis.hget(report, "attempt")
+        mapping = {name: _field(value) for name, value in fields.items() if value is not None}
+        with self.redis.pipeline() as pipe:  # one transaction: no batch sees half a new attempt
+            if previous:
+                pipe.delete(self.key("file", report_id, "seen", previous.decode()))
+            pipe.hset(report, mapping={**mapping, "attempt": attempt, "batches_done": 0})
+            pipe.hdel(report, "batches_total")
+            pipe.zadd(self.key("files"), {report_id: time.time()})
+            pipe.execute()
         return attempt
 
     def attempt(self, report_id: str) -> str:

@@ -166,24 +166,24 @@ class Supervisor:
                 retried_at = time.monotonic()
                 self._unrecovered = [name for name in self._unrecovered if not self._recover(name, quiet=True)]
             with self._lock:
-                for index, worker in enumerate(list(self.workers)):
-                    code = worker.process.poll()
-                    if code is None:
-                        continue
+                died = [(w, w.process.poll()) for w in self.workers if w.process.poll() is not None]
+                for worker, code in died:
+                    self.workers.remove(worker)
                     self.dead.append({"name": worker.name, "pid": worker.pid, "code": code, "at": time.time()})
                     del self.dead[:-50]
-                    if not self._recover(worker.name):
-                        self._unrecovered.append(worker.name)
-                    if self._stop.is_set():
-                        return
-                    delay = RESTART_BACKOFF[min(worker.restarts, len(RESTART_BACKOFF) - 1)]
-                    if time.time() - worker.started_at > 60:
-                        worker.restarts, delay = 0, RESTART_BACKOFF[0]
-                    log = self.log_path(worker.name)
-                    self.on_event("warning", f"worker {worker.name} (pid {worker.pid}) exited with {code}; "
-                                             f"restarting in {delay:g} s" + (f"; its log: {log}" if log else ""))
-                    self.workers.remove(worker)
-                    self._later(delay, worker.restarts + 1)
+            # Redis calls outside the lock: a slow or lost Redis must not freeze status and scaling.
+            for worker, code in died:
+                if not self._recover(worker.name):
+                    self._unrecovered.append(worker.name)
+                if self._stop.is_set():
+                    return
+                delay = RESTART_BACKOFF[min(worker.restarts, len(RESTART_BACKOFF) - 1)]
+                if time.time() - worker.started_at > 60:
+                    worker.restarts, delay = 0, RESTART_BACKOFF[0]
+                log = self.log_path(worker.name)
+                self.on_event("warning", f"worker {worker.name} (pid {worker.pid}) exited with {code}; "
+                                         f"restarting in {delay:g} s" + (f"; its log: {log}" if log else ""))
+                self._later(delay, worker.restarts + 1)
 
     def _later(self, delay: float, restarts: int) -> None:
         timer = threading.Timer(delay, self._replace, args=(restarts,))
