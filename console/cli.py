@@ -159,14 +159,19 @@ def main(argv: list[str] | None = None) -> int:
 
 def report_failure(error: Exception) -> int:
     """Known failures become one line; anything else also gets one line, and the traceback only on request."""
-    from core.broker import BrokerError
+    import grpc
+    import redis
+
     from core.config import ConfigError
 
     if isinstance(error, ConfigError):
         print(f"swordsec-console: {error}", file=sys.stderr)
         return EXIT_USAGE
-    if isinstance(error, BrokerError | OSError | RuntimeError | TimeoutError):
+    if isinstance(error, OSError | RuntimeError | redis.RedisError):  # BrokerError is a RuntimeError
         print(f"swordsec-console: {error}", file=sys.stderr)
+        return EXIT_FAILURE
+    if isinstance(error, grpc.RpcError):
+        print(f"swordsec-console: gRPC call failed: {error.code().name}: {error.details()}", file=sys.stderr)
         return EXIT_FAILURE
     if os.environ.get("SWORDSEC_DEBUG"):
         raise error

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -15,7 +16,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import quote
 
 import redis
 
@@ -30,14 +31,9 @@ class BrokerError(RuntimeError):
 
 def redact(url: str) -> str:
     """The URL with any password replaced by ***, for logs and the screen."""
-    parts = urlsplit(url)
-    netloc = parts.netloc
-    if "@" in netloc:
-        creds, host = netloc.rsplit("@", 1)
-        user = creds.split(":", 1)[0] if ":" in creds else ""
-        netloc = f"{user}:***@{host}" if ":" in creds or user == "" else f"***@{host}"
-    query = "&".join("password=***" if q.startswith("password=") else q for q in parts.query.split("&") if q)
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    url = re.sub(r"(//[^/@:]*:)[^@/]*@", r"\1***@", url)  # user:password@
+    url = re.sub(r"(//)[^/@:]+@", r"\1***@", url)  # a lone credential@ may be a password: hide it too
+    return re.sub(r"([?&]password=)[^&]*", r"\1***", url)
 
 
 def find_redis_server() -> str | None:
@@ -80,6 +76,7 @@ class Broker:
         self.external_url = url
         self.data_dir = Path(data_dir)
         self.process: subprocess.Popen | None = None
+        self._socket_dir: Path | None = None  # a short private folder when the data folder's path is too long
         self.url: str = url or ""
         self.client: redis.Redis | None = None
 
@@ -105,12 +102,14 @@ class Broker:
         folder = self.data_dir / "redis"
         folder.mkdir(parents=True, exist_ok=True)
         os.chmod(folder, 0o700)
+        self._stop_stale(folder)
         socket_path = folder / "redis.sock"
         if len(str(socket_path.resolve())) > MAX_SOCKET_PATH:
-            socket_path = Path(tempfile.mkdtemp(prefix="swordsec-")) / "redis.sock"
+            self._socket_dir = Path(tempfile.mkdtemp(prefix="swordsec-"))
+            socket_path = self._socket_dir / "redis.sock"
+        (folder / "socket").write_text(str(socket_path.resolve()))
         password = self._password(folder)
         self.url = f"unix://{socket_path.resolve()}?password={quote(password)}"
-        self._stop_stale(folder)
         config = folder / "redis.conf"
         config.write_text(
             "\n".join([
@@ -161,12 +160,13 @@ class Broker:
 
     def _stop_stale(self, folder: Path) -> None:
         """A console killed with SIGKILL leaves its redis-server behind; stop it before starting ours."""
-        pidfile = folder / "redis.pid"
-        if not pidfile.exists():
+        pidfile, socket_file = folder / "redis.pid", folder / "socket"
+        if not pidfile.exists() or not socket_file.exists():
             return
         try:
             pid = int(pidfile.read_text().strip())
-            if Path(f"/proc/{pid}/cmdline").read_bytes().find(b"redis") < 0:
+            # redis-server shows its socket in its process title: only ours, never a reused pid, is stopped.
+            if socket_file.read_bytes().strip() not in Path(f"/proc/{pid}/cmdline").read_bytes():
                 return
             os.kill(pid, signal.SIGTERM)
         except (ValueError, OSError):
@@ -189,3 +189,6 @@ class Broker:
                 self.process.kill()
                 self.process.wait()
         self.process = None
+        if self._socket_dir is not None:
+            shutil.rmtree(self._socket_dir, ignore_errors=True)
+            self._socket_dir = None

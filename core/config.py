@@ -108,10 +108,7 @@ class Settings:
             raise ConfigError("worker mode must be inline or fork")
         if self.log_format not in ("text", "json"):
             raise ConfigError("log format must be text or json")
-        host, _, port = self.grpc_listen.rpartition(":")
-        if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-            raise ConfigError(f"gRPC listen address {self.grpc_listen!r} is not HOST:PORT")
-        self._validate_security(host)
+        self._validate_security(_host_of(self.grpc_listen, "gRPC listen address"))
 
     @property
     def tls(self) -> bool:
@@ -132,9 +129,14 @@ class Settings:
             raise ConfigError(f"refusing to listen on {self.grpc_listen} without --tls-cert/--tls-key or --token "
                               f"(or pass --insecure to accept unauthenticated plaintext)")
         if self.metrics_listen is not None:
-            m_host, _, m_port = self.metrics_listen.rpartition(":")
-            if not m_host or not m_port.isdigit() or not 0 <= int(m_port) <= 65535:
-                raise ConfigError(f"metrics listen address {self.metrics_listen!r} is not HOST:PORT")
+            _host_of(self.metrics_listen, "metrics listen address")
+
+
+def _host_of(address: str, what: str) -> str:
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"{what} {address!r} is not HOST:PORT")
+    return host
 
 
 def is_loopback(host: str) -> bool:

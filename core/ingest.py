@@ -111,7 +111,7 @@ class SourceReader:
                 self.format = "lines"
                 yield from self._lines(handle)
             elif first == b"[":
-                yield from self._small_array(handle, start) if self.size <= WHOLE_FILE_BYTES else ()
+                yield from self._small_array(handle) if self.size <= WHOLE_FILE_BYTES else ()
                 if self.records == 0 and not self._whole:
                     handle.seek(start)
                     yield from self._array(handle, start)
@@ -120,7 +120,7 @@ class SourceReader:
             else:
                 self.damage = f"not JSON: starts with {_show(body.lstrip()[:12])}"
 
-    def _small_array(self, handle, start: int) -> Iterator[tuple[int, object]]:
+    def _small_array(self, handle) -> Iterator[tuple[int, object]]:
         """A small, sound file in one orjson call (3x faster than streaming); anything else streams."""
         try:
             records = orjson.loads(handle.read())

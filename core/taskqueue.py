@@ -102,7 +102,6 @@ def make_worker(connection: redis.Redis, queue_name: str, name: str | None = Non
         connection=connection,
         name=name,
         serializer=JSONSerializer,
-        job_class=SafeJob,
         worker_ttl=WORKER_TTL,
         maintenance_interval=MAINTENANCE_INTERVAL,
         job_monitoring_interval=JOB_MONITORING_INTERVAL,
