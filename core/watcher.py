@@ -1,8 +1,8 @@
 """The drop folder: startup scan, then watchfiles events; each stable file streamed once through gRPC.
 
-A file is read when it is stable: its modification time is at least the quiet period old and its size
-and mtime did not move since we last looked. A file renamed in whole keeps its old mtime, so it is
-read at once; one still being written keeps a fresh mtime and waits.
+A file is read when it is stable: unchanged since we last looked and either at least the quiet period
+old or a complete JSON array (core.dropfiles.looks_complete). A file renamed in whole is therefore read
+at once; one still being written keeps a fresh mtime, does not end its array yet, and waits.
 
 The ledger is the file report in Redis, keyed by a fingerprint of the content: a file whose report
 says merged is never read again (under any name); one that was left streaming or queued by a console
