@@ -38,7 +38,8 @@ def merge_batch(batch: dict) -> dict:
     Args:
         batch (dict): ``namespace``, ``report`` (file report id), ``attempt`` (ingest attempt of the
             report), ``span`` (record range "first:count" inside the source), ``seq`` (ingest sequence
-            of the first user), ``key`` (merge key field) and ``users`` (normalised user objects).
+            of the first user), ``key`` (merge key field) and ``blob`` (the Redis key where the server
+            staged the normalised users; see Store.stage_batch).
 
     Returns:
         dict: Counts of ``new``, ``updated`` and ``duplicate`` users, and ``already_merged`` when a
@@ -46,8 +47,8 @@ def merge_batch(batch: dict) -> dict:
     """
     _failpoint()
     store = _store(batch["namespace"])
-    return store.merge_batch(batch["report"], batch["attempt"], batch["span"], batch["seq"], batch["users"],
-                             batch["key"])
+    return store.merge_staged(batch["report"], batch["attempt"], batch["span"], batch["seq"], batch["blob"],
+                              batch["key"])
 
 
 def drain_inbox(namespace: str) -> int:

@@ -63,10 +63,10 @@ class Intake:
 
     def enqueue(self, report_id: str, attempt: str, source: str, first_record: int, users: list[dict]) -> None:
         """One job per batch, even an empty one (all rejected): the file's batch tally must complete."""
-        seq = self.store.reserve_seq(max(1, len(users)))
+        seq, blob = self.store.stage_batch(users)
         enqueue_batch(self.queue, {"namespace": self.store.ns, "report": report_id, "attempt": attempt,
                                    "span": f"{first_record}:{len(users)}", "seq": seq, "key": self.key_field,
-                                   "source": source, "users": users})
+                                   "source": source, "blob": blob, "count": len(users)})
 
     def unary(self, user: dict) -> None:
         if self.store.push_unary(user, self.key_field):

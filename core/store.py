@@ -7,6 +7,7 @@ Key layout (all under the namespace, default "swordsec"):
   version       int   bumped whenever a merge changes the users hash
   seq           int   ingest sequence counter
   inbox         list  unary users waiting for a drain job; inbox:pending is set while one is queued
+  batch:<uuid>  str   a batch's users staged for its merge job, deleted by the merge that applies them
   file:<id>     hash  one file's report; file:<id>:done holds the record ranges already merged,
                       file:<id>:seen:<attempt> the ranges the current ingest attempt has counted
   files         zset  file id -> last update time (the ledger index, newest first)
@@ -48,11 +49,11 @@ class Store:
     def key(self, *parts: str) -> str:
         return ":".join((self.ns, *parts))
 
-    def _merge_keys(self, report_id: str, attempt: str = "") -> list[str]:
+    def _merge_keys(self, report_id: str, attempt: str = "", blob: str | None = None) -> list[str]:
         return [
             self.key("users"), self.key("users", "rev"), self.key("users", "order"), self.key("version"),
             self.key("file", report_id), self.key("file", report_id, "done"), self.key("inbox"),
-            self.key("file", report_id, "seen", attempt),
+            self.key("file", report_id, "seen", attempt), blob or self.key("batch", "none"),
         ]
 
     # -- writing users -------------------------------------------------------------------------------
@@ -60,13 +61,35 @@ class Store:
         """Reserve `count` ingest sequence numbers; return the first."""
         return int(self.redis.incrby(self.key("seq"), count)) - count + 1
 
-    def merge_batch(self, report_id: str, attempt: str, span: str, seq: int, users: list[dict], key_field: str) -> dict:
+    def stage_batch(self, users: list[dict]) -> tuple[int, str]:
+        """Reserve ingest sequence numbers and park the users in Redis for a merge job, in one round trip.
+
+        The job then carries a reference, not the users: RQ compresses and keeps a job's data for as long
+        as its result lives, while a staged batch is deleted by the merge that applies it.
+        """
+        blob = self.key("batch", uuid.uuid4().hex)
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.incrby(self.key("seq"), max(1, len(users)))
+            pipe.set(blob, orjson.dumps(users))
+            last, _ = pipe.execute()
+        return int(last) - max(1, len(users)) + 1, blob
+
+    def merge_staged(self, report_id: str, attempt: str, span: str, seq: int, blob: str, key_field: str) -> dict:
+        """Merge a staged batch; a retry after it was applied (and its users deleted) changes nothing."""
+        data = self.redis.get(blob)
+        if data is None and not self.redis.sismember(self.key("file", report_id, "done"), span):
+            raise RuntimeError(f"the users of batch {span} of {report_id} are missing from {blob}")
+        users = orjson.loads(data) if data is not None else []
+        return self.merge_batch(report_id, attempt, span, seq, users, key_field, blob=blob)
+
+    def merge_batch(self, report_id: str, attempt: str, span: str, seq: int, users: list[dict], key_field: str,
+                    blob: str | None = None) -> dict:
         """Merge one batch; idempotent for a given (report_id, span). Returns new/updated/duplicate counts."""
         args: list = ["batch", span, seq, attempt]
         for user in users:
             args.append(merge_key(user, key_field))
             args.append(orjson.dumps(user))
-        new, updated, dup, skipped = self._merge(keys=self._merge_keys(report_id, attempt), args=args)
+        new, updated, dup, skipped = self._merge(keys=self._merge_keys(report_id, attempt, blob), args=args)
         return {"new": new, "updated": updated, "duplicate": dup, "already_merged": bool(skipped)}
 
     def push_unary(self, user: dict, key_field: str) -> bool:

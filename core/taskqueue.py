@@ -111,7 +111,7 @@ def make_worker(connection: redis.Redis, queue_name: str, name: str | None = Non
 def enqueue_batch(queue: Queue, batch: dict) -> Job:
     job_id = f"batch-{batch['report']}-{batch['seq']}"
     return queue.enqueue(jobs.merge_batch, batch, job_id=job_id, retry=RETRY, job_timeout=JOB_TIMEOUT,
-                         result_ttl=RESULT_TTL, description=f"merge {len(batch['users'])} users of {batch['source']}")
+                         result_ttl=RESULT_TTL, description=f"merge {batch['count']} users of {batch['source']}")
 
 
 def enqueue_drain(queue: Queue, namespace: str) -> Job:

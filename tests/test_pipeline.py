@@ -185,3 +185,19 @@ def test_rpcs_answer_unavailable_when_the_store_is_gone(tmp_path, namespace):
         assert runtime.server.service.users_accepted == 0
     finally:
         runtime.stop()
+
+
+def test_a_staged_batch_is_deleted_by_its_merge_and_a_retry_changes_nothing(connection, namespace):
+    import pytest
+
+    store = Store(connection, namespace)
+    attempt = store.begin_attempt("f2", state="streaming")
+    users = [{"id": 1, "email": "s@t.u"}, {"id": 2, "email": "v@w.x"}]
+    seq, blob = store.stage_batch(users)
+    assert connection.exists(blob)
+    assert store.merge_staged("f2", attempt, "0:2", seq, blob, "email")["new"] == 2
+    assert not connection.exists(blob), "the staged users go with the merge that applied them"
+    retry = store.merge_staged("f2", attempt, "0:2", seq, blob, "email")
+    assert retry["already_merged"] and store.count() == 2
+    with pytest.raises(RuntimeError, match="missing"):
+        store.merge_staged("f2", attempt, "2:5", seq, f"{namespace}:batch:gone", "email")

@@ -8,7 +8,8 @@
 -- been through a worker, whatever was retried or left over from an earlier attempt.
 --
 -- KEYS: 1 users hash, 2 rev hash (key -> seq), 3 order zset, 4 version counter, 5 file report hash,
---       6 applied-ranges set of the file, 7 inbox list, 8 counted-ranges set of this attempt
+--       6 applied-ranges set of the file, 7 inbox list, 8 counted-ranges set of this attempt,
+--       9 the batch's staged users (deleted once applied, in the same step)
 -- ARGV: 1 mode ("batch" or "drain"), 2 range or drain size, 3 seq base, 4 attempt, then key, json pairs
 local users, rev, order, version, report, applied = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local new, updated, dup = 0, 0, 0
@@ -43,6 +44,7 @@ if ARGV[1] == 'batch' then
   else
     skipped = 1
   end
+  redis.call('DEL', KEYS[9])
 else
   local items = redis.call('LRANGE', KEYS[7], 0, tonumber(ARGV[2]) - 1)
   for _, item in ipairs(items) do
