@@ -12,7 +12,7 @@ import orjson
 
 from core import security
 from core.ingest import SourceReader
-from core.records import RecordError, normalise
+from core.records import RecordError
 from core.server import MAX_MESSAGE_BYTES, MAX_REASONS
 from protobufs import users_pb2, users_pb2_grpc
 
@@ -95,37 +95,42 @@ class UsersClient:
 
     def _batches(self, reader: SourceReader, result: SendResult, file_id: str, batch_size: int,
                  on_progress) -> Iterator[users_pb2.UserBatch]:
+        """Records go to the server as read: it validates each one (it must, whoever the client is) and
+        reports rejections by record number, which stay exact because every record of a batch is sent."""
         index = 0
-        pending: list[dict] = []
+        pending: list = []
         first = 0
+
+        def flush():
+            nonlocal index
+            for payload, start in _payloads(pending, first):
+                if payload is None:  # one record bigger than a whole message: it cannot be sent at all
+                    result.reject(start, f"record is over {MAX_BATCH_BYTES} bytes, too large to send")
+                    continue
+                yield users_pb2.UserBatch(users_json=payload, source=result.source, file_id=file_id,
+                                          index=index, first_record=start)
+                index += 1
+
         try:
             for number, record in reader:
                 if not pending:
                     first = number
                 result.records = number + 1
-                if isinstance(record, RecordError):
+                if isinstance(record, RecordError):  # a JSON Lines line that is not JSON
                     result.reject(number, str(record))
+                    yield from flush()  # the next batch starts after this line, so numbers stay exact
+                    pending = []
                     continue
-                try:
-                    pending.append(normalise(record))
-                except RecordError as error:
-                    result.reject(number, str(error))
-                    continue
+                pending.append(record)
                 if len(pending) >= batch_size:
-                    for payload, start in _payloads(pending, first):
-                        yield users_pb2.UserBatch(users_json=payload, source=result.source, file_id=file_id,
-                                                  index=index, first_record=start)
-                        index += 1
+                    yield from flush()
                     pending = []
                     if on_progress:
                         on_progress(result)
         except OSError as error:
             reader.damage = f"cannot read the file: {error.strerror or error}"
         if pending or index == 0:
-            for payload, start in _payloads(pending, first):
-                yield users_pb2.UserBatch(users_json=payload, source=result.source, file_id=file_id,
-                                          index=index, first_record=start)
-                index += 1
+            yield from flush()
         if on_progress:
             on_progress(result)
 
@@ -133,12 +138,18 @@ class UsersClient:
         return self.stub.SendUserInfo(users_pb2.UserRequest(**user), timeout=self.timeout)
 
 
-def _payloads(users: list[dict], first: int):
-    """Encode a batch, halving it while it is over the message budget (only huge records do that)."""
-    payload = orjson.dumps(users)
-    if len(payload) > MAX_BATCH_BYTES and len(users) > 1:
-        half = len(users) // 2
-        yield from _payloads(users[:half], first)
-        yield from _payloads(users[half:], first + half)
+def _payloads(records: list, first: int):
+    """Encode a batch, halving it while it is over the message budget (only huge records do that).
+
+    Yields (payload, first record number); payload is None for a single record too large to send.
+    """
+    payload = orjson.dumps(records)
+    if len(payload) > MAX_BATCH_BYTES:
+        if len(records) == 1:
+            yield None, first
+            return
+        half = len(records) // 2
+        yield from _payloads(records[:half], first)
+        yield from _payloads(records[half:], first + half)
         return
     yield payload, first

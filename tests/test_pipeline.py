@@ -201,3 +201,20 @@ def test_a_staged_batch_is_deleted_by_its_merge_and_a_retry_changes_nothing(conn
     assert retry["already_merged"] and store.count() == 2
     with pytest.raises(RuntimeError, match="missing"):
         store.merge_staged("f2", attempt, "2:5", seq, f"{namespace}:batch:gone", "email")
+
+
+def test_a_record_too_large_for_any_message_is_rejected_and_its_batch_still_goes(runtime_factory, tmp_path,
+                                                                               monkeypatch):
+    import core.client
+
+    monkeypatch.setattr(core.client, "MAX_BATCH_BYTES", 4000)  # stands in for the 8 MiB budget
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    users = [{"id": i, "email": f"z{i}@x.org"} for i in range(20)]
+    users[7]["agent"] = "A" * 5000
+    (drop / "huge.json").write_bytes(orjson.dumps(users))
+    runtime = runtime_factory(watch=False)
+    summary = runtime.run_once()
+    report = runtime.store.reports()[0]
+    assert summary.accepted == 19 and summary.rejected == 1
+    assert report["reasons"] == ["record 7: record is over 4000 bytes, too large to send"]
