@@ -33,6 +33,7 @@ class SendResult:
     reasons: list[tuple[int, str]] = field(default_factory=list)
     damage: str | None = None
     seconds: float = 0.0
+    read_bytes: int = 0
 
     def reject(self, record: int, reason: str) -> None:
         self.rejected += 1
@@ -126,6 +127,7 @@ class UsersClient:
                     yield from flush()
                     pending = []
                     if on_progress:
+                        result.read_bytes = reader.position
                         on_progress(result)
         except OSError as error:
             reader.damage = f"cannot read the file: {error.strerror or error}"

@@ -90,8 +90,15 @@ class SourceReader:
         self.damage: str | None = None
         self.records = 0
         self.size = 0
+        self._position = 0
+        self._guard: _GuardedReader | None = None
         self.format = "array"
         self._whole = False
+
+    @property
+    def position(self) -> int:
+        """Bytes read so far (what the parser has been handed), for a progress bar."""
+        return self._guard.consumed if self._guard is not None else self._position
 
     def __iter__(self) -> Iterator[tuple[int, object]]:
         with open(self.path, "rb") as handle:
@@ -129,11 +136,12 @@ class SourceReader:
         if not isinstance(records, list):
             return
         self._whole = True
+        self._position = self.size
         for self.records, record in enumerate(records, start=1):
             yield self.records - 1, record
 
     def _array(self, handle, start: int) -> Iterator[tuple[int, object]]:
-        counter = _GuardedReader(handle)
+        counter = self._guard = _GuardedReader(handle)
         try:
             for record in ijson.items(counter, "item", use_float=True, buf_size=READ_CHUNK):
                 yield self.records, record
@@ -158,6 +166,7 @@ class SourceReader:
         offset = handle.tell()
         for line_number, line in enumerate(handle, start=1):
             start, offset = offset, offset + len(line)
+            self._position = offset
             if not line.strip():
                 continue
             try:

@@ -242,7 +242,7 @@ def write_json_array(path: Path, values) -> int:
     return count
 
 
-INT_FIELDS = {"size", "records", "accepted", "rejected", "new", "updated", "duplicate", "batches_total",
+INT_FIELDS = {"size", "read_bytes", "records", "accepted", "rejected", "new", "updated", "duplicate", "batches_total",
               "batches_done", "sent"}
 FLOAT_FIELDS = {"started_at", "finished_at", "seconds", "updated_at"}
 

@@ -259,7 +259,8 @@ class Watcher:
 
     def _progress(self, report_id: str, result: SendResult) -> None:
         # Back-pressure is the server's (Intake.hold): it stops reading the stream, which stalls us here.
-        self.store.update_report(report_id, records=result.records, rejected=result.rejected)
+        self.store.update_report(report_id, records=result.records, rejected=result.rejected,
+                                 read_bytes=result.read_bytes)
 
     def _finish(self, path: Path, report_id: str, result: SendResult, started: float) -> None:
         fields = dict(records=result.records, accepted=result.accepted, rejected=result.rejected,

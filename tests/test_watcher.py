@@ -215,3 +215,19 @@ def test_brackets_inside_strings_never_count_as_nesting(runtime_factory, tmp_pat
     runtime = runtime_factory(watch=False)
     summary = runtime.run_once()
     assert summary.accepted == 2000 and summary.clean
+
+
+def test_a_streaming_file_reports_how_far_it_has_been_read(runtime_factory, tmp_path, monkeypatch):
+    import core.ingest
+
+    monkeypatch.setattr(core.ingest, "WHOLE_FILE_BYTES", 0)
+    runtime = runtime_factory(watch=False, workers=0, max_backlog=2, batch_size=100)
+    path = runtime.settings.watch / "slowly.json"
+    path.write_bytes(orjson.dumps(make_users(30_000, "progress")))  # ~7 MB: more than gRPC's window holds
+    threading.Thread(target=runtime.watcher.ingest, args=(path,), daemon=True).start()
+    # No workers: the server holds the stream at the backlog bound, so the file stays part-way read.
+    report = wait_for(lambda: (r := reports_by_name(runtime.store).get("slowly.json")) and r.get("read_bytes") and r,
+                      message="progress to be reported")
+    assert 0 < report["read_bytes"] < report["size"] and report["state"] == "streaming"
+    runtime.supervisor.scale(1)
+    wait_for(lambda: runtime.store.count() == 30_000, timeout=120, message="the file to finish once a worker starts")

@@ -66,7 +66,9 @@ class FilesPanel(Panel):
 def file_row(report: dict) -> tuple:
     state = file_state(report)
     total, done = report.get("batches_total", 0), report.get("batches_done", 0)
-    if state == "reading":
+    if state == "reading" and report.get("size"):
+        progress = bar(min(1.0, report.get("read_bytes", 0) / report["size"]))
+    elif state == "reading":
         progress = Text(f"read {number(report.get('records', 0))}", "cyan")
     elif total:
         progress = bar(done / total)

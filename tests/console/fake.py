@@ -18,6 +18,7 @@ USERS = [{"id": i + 1, "first_name": FIRST[i % 8], "last_name": f"Lastname{i:03d
 
 REPORTS = (
     {"id": "a" * 32, "name": "7.json", "path": "drop/7.json", "size": 301_000, "state": "streaming", "records": 400,
+     "read_bytes": 120_400,
      "accepted": 0, "rejected": 0, "batches_total": 0, "batches_done": 0, "started_at": NOW - 1},
     {"id": "b" * 32, "name": "6.json", "path": "drop/6.json", "size": 292_353, "state": "merged", "records": 977,
      "accepted": 977, "rejected": 0, "new": 977, "updated": 0, "duplicate": 0, "batches_total": 1, "batches_done": 1,
