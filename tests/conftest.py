@@ -100,6 +100,37 @@ def runtime_factory(make_settings, connection):
         runtime.stop()
 
 
+class OwnRedis:
+    """A runtime on an embedded Redis of its own, for tests that stop and restart Redis under it."""
+
+    def __init__(self, tmp_path: Path, namespace: str):
+        self.tmp_path, self.namespace = tmp_path, namespace
+        self.broker = Broker(None, tmp_path / "redis-data")
+        self.runtime: Runtime | None = None
+
+    def start(self, **overrides) -> Runtime:
+        self.broker.start()
+        values = dict(watch=self.tmp_path / "drop", data_dir=self.tmp_path / "data", redis_url=self.broker.url,
+                      grpc_listen="127.0.0.1:0", workers=0, namespace=self.namespace)
+        values.update(overrides)
+        self.runtime = Runtime(Settings.build(values, environ={}), watch=False).start()
+        return self.runtime
+
+    def restart_redis(self) -> None:
+        """A new redis-server on the same data folder: same socket, password and AOF."""
+        self.broker = Broker(None, self.tmp_path / "redis-data")
+        self.broker.start()
+
+
+@pytest.fixture
+def own_redis(tmp_path, namespace):
+    own = OwnRedis(tmp_path, namespace)
+    yield own
+    if own.runtime is not None:
+        own.runtime.stop()
+    own.broker.stop()
+
+
 def copy_challenge(folder: Path, names=None) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     copied = []

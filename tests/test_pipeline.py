@@ -156,36 +156,25 @@ def test_export_never_repeats_a_user_when_merges_land_during_it(connection, name
     assert len(emails) == len(set(emails)) == 10
 
 
-def test_rpcs_answer_unavailable_when_the_store_is_gone(tmp_path, namespace):
+def test_rpcs_answer_unavailable_when_the_store_is_gone(own_redis):
     import grpc
 
-    from core.broker import Broker
-    from core.config import Settings
-    from core.runtime import Runtime
     from protobufs import users_pb2, users_pb2_grpc
 
-    broker = Broker(None, tmp_path / "redis-data")
-    broker.start()
-    settings = Settings.build(dict(watch=tmp_path / "drop", data_dir=tmp_path / "data", redis_url=broker.url,
-                                   grpc_listen="127.0.0.1:0", workers=0, namespace=namespace), environ={})
-    runtime = Runtime(settings, watch=False).start()
-    try:
-        broker.stop()
-        with grpc.insecure_channel(f"127.0.0.1:{runtime.server.port}") as channel:
-            stub = users_pb2_grpc.UsersStub(channel)
-            for call in (lambda: stub.SendUserInfo(users_pb2.UserRequest(id=1, email="a@b.c"), timeout=30),
-                         lambda: stub.SendUserBatches(iter([users_pb2.UserBatch(users_json=b'[{"email":"a@b"}]')]),
-                                                      timeout=30)):
-                try:
-                    call()
-                except grpc.RpcError as error:
-                    assert error.code() == grpc.StatusCode.UNAVAILABLE and "unavailable" in error.details()
-                else:
-                    raise AssertionError("a call without a store must fail")
-        assert runtime.server.service.users_accepted == 0
-    finally:
-        runtime.stop()
-
+    runtime = own_redis.start()
+    own_redis.broker.stop()
+    with grpc.insecure_channel(f"127.0.0.1:{runtime.server.port}") as channel:
+        stub = users_pb2_grpc.UsersStub(channel)
+        for call in (lambda: stub.SendUserInfo(users_pb2.UserRequest(id=1, email="a@b.c"), timeout=30),
+                     lambda: stub.SendUserBatches(iter([users_pb2.UserBatch(users_json=b'[{"email":"a@b"}]')]),
+                                                  timeout=30)):
+            try:
+                call()
+            except grpc.RpcError as error:
+                assert error.code() == grpc.StatusCode.UNAVAILABLE and "unavailable" in error.details()
+            else:
+                raise AssertionError("a call without a store must fail")
+    assert runtime.server.service.users_accepted == 0
 
 def test_a_staged_batch_is_deleted_by_its_merge_and_a_retry_changes_nothing(connection, namespace):
     import pytest

@@ -120,35 +120,21 @@ def test_forged_job_naming_a_foreign_function_is_refused(runtime_factory, tmp_pa
     assert not marker.exists(), "callbacks named in a job are never resolved"
 
 
-def test_a_busy_worker_that_loses_redis_exits_is_replaced_and_its_batch_is_not_lost(tmp_path, namespace, gated):
+def test_a_busy_worker_that_loses_redis_exits_is_replaced_and_its_batch_is_not_lost(own_redis, tmp_path, gated):
     """Its own embedded Redis, stopped and started again under the runtime while a batch is mid-flight.
     (An idle worker just waits for Redis to come back, which is RQ's own behaviour.)"""
-    from core.broker import Broker
-    from core.config import Settings
-    from core.runtime import Runtime
-
-    broker = Broker(None, tmp_path / "redis-data")
-    broker.start()
-    settings = Settings.build(dict(watch=tmp_path / "drop", data_dir=tmp_path / "data", redis_url=broker.url,
-                                   grpc_listen="127.0.0.1:0", workers=1, namespace=namespace), environ={})
-    runtime = Runtime(settings, watch=False).start()
-    try:
-        [path] = copy_challenge(tmp_path / "drop", {"5.json"})
-        report_id, _ = runtime.watcher.ingest(path)
-        busy = wait_for(lambda: started_pid(gated), message="the batch to start")
-        broker.stop()  # Redis goes away under a worker in the middle of a batch
-        gated.unlink()
-        wait_for(lambda: any(d["pid"] == busy for d in runtime.supervisor.dead),
-                 message="the busy worker to exit when Redis is gone")
-        broker = Broker(None, tmp_path / "redis-data")
-        broker.start()  # same socket, password and AOF: the data folder keeps them
-        runtime.wait_merged([report_id], timeout=90)
-        assert runtime.store.count() == 1000
-        assert runtime.supervisor.alive_count() == 1
-    finally:
-        runtime.stop()
-        broker.stop()
-
+    runtime = own_redis.start(workers=1)
+    [path] = copy_challenge(tmp_path / "drop", {"5.json"})
+    report_id, _ = runtime.watcher.ingest(path)
+    busy = wait_for(lambda: started_pid(gated), message="the batch to start")
+    own_redis.broker.stop()  # Redis goes away under a worker in the middle of a batch
+    gated.unlink()
+    wait_for(lambda: any(d["pid"] == busy for d in runtime.supervisor.dead),
+             message="the busy worker to exit when Redis is gone")
+    own_redis.restart_redis()
+    runtime.wait_merged([report_id], timeout=90)
+    assert runtime.store.count() == 1000
+    assert runtime.supervisor.alive_count() == 1
 
 def test_a_dead_workers_output_is_kept_in_its_log(runtime_factory):
     runtime = runtime_factory(watch=False, workers=1)
