@@ -29,6 +29,12 @@ AGENTS = (
     "Opera/9.80 (X11; Linux i686; U; ru) Presto/2.8.131 Version/11.11",
 )
 
+# The challenge files hold 489 distinct agents in 9,000 users; a pool of 2,000 variants keeps the store's
+# string dictionary (core/codec.py) from looking better here than on real data.
+AGENT_POOL = tuple(
+    agent.replace("5.0", f"5.{n % 10}", 1) + f" Build/{n:04d}" for n in range(400) for agent in AGENTS
+)
+
 
 def users(count: int, start: int = 0, seed: int = 7) -> Iterator[dict]:
     """`count` users numbered from `start`; `start` keeps emails unique across files and runs."""
@@ -44,7 +50,7 @@ def users(count: int, start: int = 0, seed: int = 7) -> Iterator[dict]:
             "gender": rng.choice(GENDERS),
             "ip_address": ".".join(str(rng.randrange(1, 255)) for _ in range(4)),
             "user_name": handle,
-            "agent": rng.choice(AGENTS),
+            "agent": rng.choice(AGENT_POOL),
             "country": rng.choice(COUNTRIES),
         }
 

@@ -123,6 +123,10 @@ class Broker:
                 "appendfsync everysec",
                 'save ""',
                 "maxmemory-policy noeviction",
+                # The user buckets (core/codec.py) stay compact listpacks only when a bucket and a stored
+                # user fit these bounds; the "ziplist" names are understood by Redis 6 and 7 alike.
+                "hash-max-ziplist-entries 512",
+                "hash-max-ziplist-value 1024",
                 "daemonize no",
                 f"logfile {(folder / 'redis.log').resolve()}",
                 "",

@@ -94,6 +94,8 @@ class Runtime:
         kind = "embedded" if self.broker.embedded else "external"
         self.emit("info", f"redis: {kind} at {self.broker.display_url}")
         self.store = Store(connection, s.namespace)
+        if moved := self.store.upgrade_layout(s.merge_key):
+            self.emit("info", f"store: {moved} users moved to the compact layout")
         self.queue = make_queue(connection, s.namespace)
         self.supervisor = Supervisor(connection, self.broker.url, s.namespace, s.workers, on_event=self.emit,
                                      mode=s.worker_mode, log_dir=s.data_dir / "logs")

@@ -1,10 +1,11 @@
-"""The store of record: one Redis hash of users keyed by merge key, and the all_users.json view of it.
+"""The store of record: users in Redis, bucketed and compact (core/codec.py), and the all_users.json view of it.
 
 Key layout (all under the namespace, default "swordsec"):
-  users         hash  merge key -> user JSON (the input's field names)
-  users:rev     hash  merge key -> ingest sequence of the stored record (latest wins)
-  users:order   zset  merge keys, all score 0, so the export walks them in a stable byte order
-  version       int   bumped whenever a merge changes the users hash
+  users:<n>     hash  bucket n of BUCKETS: merge key -> "<seq>\t<JSON array>" (latest seq wins)
+  users:count   int   how many users the buckets hold
+  dict          hash  repeated string -> index; dict:list the strings by index; dict:epoch its token
+  layout        str   the layout version of this namespace (an older one is upgraded on start)
+  version       int   bumped whenever a merge changes a user
   seq           int   ingest sequence counter
   inbox         list  unary users waiting for a drain job; inbox:pending is set while one is queued
   batch:<uuid>  str   a batch's users staged for its merge job, deleted by the merge that applies them
@@ -12,48 +13,49 @@ Key layout (all under the namespace, default "swordsec"):
                       file:<id>:seen:<attempt> the ranges the current ingest attempt has counted
   files         zset  file id -> last update time (the ledger index, newest first)
   export        hash  what the last all_users.json write held
+
+all_users.json lists the users bucket by bucket, by merge key inside a bucket: the same users always
+give the same bytes, and an export never holds more than a few buckets in memory.
 """
 
 from __future__ import annotations
 
-import functools
 import os
 import tempfile
 import time
 import uuid
-from importlib import resources
 from pathlib import Path
 
 import orjson
 import redis
 
+from core.codec import BUCKETS, Codec, Dictionary, StaleDictionary, bucket_of, lua
 from core.records import merge_key
 
-EXPORT_CHUNK = 5000
+EXPORT_BUCKETS = 256  # buckets fetched per round trip while exporting (a few thousand users)
 DRAIN_FLAG_TTL = 60
-
-
-@functools.cache
-def _lua(name: str) -> str:
-    return resources.files("core.lua").joinpath(name).read_text()
+LAYOUT = "2"
 
 
 class Store:
     def __init__(self, connection: redis.Redis, namespace: str = "swordsec"):
         self.redis = connection
         self.ns = namespace
-        self._merge = connection.register_script(_lua("merge.lua"))
-        self._push_unary = connection.register_script(_lua("push_unary.lua"))
-        self._finish_file = connection.register_script(_lua("finish_file.lua"))
+        self._merge = connection.register_script(lua("merge.lua"))
+        self._push_unary = connection.register_script(lua("push_unary.lua"))
+        self._finish_file = connection.register_script(lua("finish_file.lua"))
+        self._page = connection.register_script(lua("page.lua"))
+        self.codec = Codec(Dictionary(connection, namespace))
+        self.bucket_prefix = self.key("users") + ":"
 
     def key(self, *parts: str) -> str:
         return ":".join((self.ns, *parts))
 
     def _merge_keys(self, report_id: str, attempt: str = "", blob: str | None = None) -> list[str]:
         return [
-            self.key("users"), self.key("users", "rev"), self.key("users", "order"), self.key("version"),
-            self.key("file", report_id), self.key("file", report_id, "done"), self.key("inbox"),
-            self.key("file", report_id, "seen", attempt), blob or self.key("batch", "none"),
+            self.key("version"), self.key("file", report_id), self.key("file", report_id, "done"),
+            self.key("inbox"), self.key("file", report_id, "seen", attempt), blob or self.key("batch", "none"),
+            self.key("users", "count"), self.codec.dictionary.keys[2],
         ]
 
     # -- writing users -------------------------------------------------------------------------------
@@ -85,22 +87,64 @@ class Store:
     def merge_batch(self, report_id: str, attempt: str, span: str, seq: int, users: list[dict], key_field: str,
                     blob: str | None = None) -> dict:
         """Merge one batch; idempotent for a given (report_id, span). Returns new/updated/duplicate counts."""
-        args: list = ["batch", span, seq, attempt]
-        for user in users:
-            args.append(merge_key(user, key_field))
-            args.append(orjson.dumps(user))
-        new, updated, dup, skipped = self._merge(keys=self._merge_keys(report_id, attempt, blob), args=args)
+        new, updated, dup, skipped = self._apply(["batch", span, attempt], self._merge_keys(report_id, attempt, blob),
+                                                 users, key_field, [seq + i for i in range(len(users))])
         return {"new": new, "updated": updated, "duplicate": dup, "already_merged": bool(skipped)}
+
+    def _apply(self, head: list, keys: list[str], users: list[dict], key_field: str, seqs: list[int]) -> list[int]:
+        """Run merge.lua on these users, encoding them afresh if the dictionary was cleared meanwhile."""
+        for _ in range(3):
+            epoch, rows = self.codec.encode(users)
+            args: list = [*head, epoch, self.bucket_prefix]
+            for user, row, seq in zip(users, rows, seqs):
+                key = merge_key(user, key_field)
+                args += [bucket_of(key), key, b"%d\t%s" % (seq, row)]
+            result = self._merge(keys=keys, args=args)
+            if result[0] != -1:
+                return result
+            self.codec.dictionary.forget()
+        raise StaleDictionary("the string dictionary keeps being cleared")
 
     def push_unary(self, user: dict, key_field: str) -> bool:
         """Hand one user to the inbox; True when the caller must enqueue a drain job."""
-        keys = [self.key("inbox"), self.key("seq"), self.key("inbox", "pending")]
-        return bool(self._push_unary(keys=keys, args=[merge_key(user, key_field), orjson.dumps(user), DRAIN_FLAG_TTL]))
+        key = merge_key(user, key_field)
+        keys = [self.key("inbox"), self.key("seq"), self.key("inbox", "pending"), self.codec.dictionary.keys[2]]
+        for _ in range(3):
+            epoch, (row,) = self.codec.encode([user])
+            answer = self._push_unary(keys=keys, args=[bucket_of(key), key, row, DRAIN_FLAG_TTL, epoch])
+            if answer != -1:
+                return bool(answer)
+            self.codec.dictionary.forget()
+        raise StaleDictionary("the string dictionary keeps being cleared")
 
     def drain_inbox(self, limit: int = 1000) -> int:
         """Merge up to `limit` inbox users atomically; returns how many were taken."""
         self.redis.delete(self.key("inbox", "pending"))
-        return int(self._merge(keys=self._merge_keys("unary"), args=["drain", limit, 0, ""])[3])
+        return int(self._merge(keys=self._merge_keys("unary"), args=["drain", limit, "", "", self.bucket_prefix])[3])
+
+    def upgrade_layout(self, key_field: str) -> int:
+        """Move users kept in the first layout (one big hash) into the buckets; returns how many moved.
+
+        Safe to interrupt: the old keys go only at the end, and moving a user twice changes nothing.
+        """
+        legacy, rev = self.key("users"), self.key("users", "rev")
+        if self.redis.type(legacy) != b"hash":
+            self.redis.set(self.key("layout"), LAYOUT)
+            return 0
+        moved, cursor = 0, 0
+        while True:
+            cursor, chunk = self.redis.hscan(legacy, cursor, count=1000)
+            if chunk:
+                keys = list(chunk)
+                seqs = [int(s or 0) for s in self.redis.hmget(rev, keys)]
+                users = [orjson.loads(chunk[k]) for k in keys]
+                self._apply(["load", "", ""], self._merge_keys("layout-upgrade"), users, key_field, seqs)
+                moved += len(users)
+            if cursor == 0:
+                break
+        self.redis.delete(legacy, rev, self.key("users", "order"))
+        self.redis.set(self.key("layout"), LAYOUT)
+        return moved
 
     # -- file reports (the ledger) --------------------------------------------------------------------
     def update_report(self, report_id: str, **fields) -> None:
@@ -166,31 +210,35 @@ class Store:
 
     # -- reading users --------------------------------------------------------------------------------
     def count(self) -> int:
-        return int(self.redis.zcard(self.key("users", "order")))
+        return int(self.redis.get(self.key("users", "count")) or 0)
 
     def version(self) -> int:
         return int(self.redis.get(self.key("version")) or 0)
 
-    def iter_users(self, chunk: int = EXPORT_CHUNK):
-        """Yield raw user JSON (bytes) in merge-key byte order, a chunk at a time (flat memory)."""
-        # Paged by key, not by position: a key merged meanwhile ahead of the cursor would shift positions
-        # and repeat a user; one merged behind it is left for the next export (the version moved).
-        order, users = self.key("users", "order"), self.key("users")
-        after = b"-"
-        while True:
-            keys = self.redis.zrangebylex(order, after, b"+", start=0, num=chunk)
-            if not keys:
-                return
-            for value in self.redis.hmget(users, keys):
-                if value is not None:
-                    yield value
-            after = b"(" + keys[-1]
+    def iter_users(self, chunk: int = EXPORT_BUCKETS):
+        """Yield each user as JSON (bytes) in export order, `chunk` buckets per round trip (flat memory).
+
+        A bucket is read whole in one command, and a user never changes bucket, so a merge landing
+        during the walk can neither repeat a user nor hide one that was there before it began.
+        """
+        self.codec.dictionary.sync()
+        for first in range(0, BUCKETS, chunk):
+            with self.redis.pipeline(transaction=False) as pipe:
+                for bucket in range(first, min(first + chunk, BUCKETS)):
+                    pipe.hgetall(self.bucket_prefix + str(bucket))
+                for bucket in pipe.execute():
+                    for key in sorted(bucket):
+                        yield orjson.dumps(self.codec.decode(bucket[key]))
 
     def users_page(self, start: int, count: int) -> list[dict]:
-        keys = self.redis.zrange(self.key("users", "order"), start, start + count - 1)
-        if not keys:
-            return []
-        return [orjson.loads(v) for v in self.redis.hmget(self.key("users"), keys) if v is not None]
+        """`count` users from position `start` of the export order."""
+        self.codec.dictionary.sync()
+        skip, *buckets = self._page(args=[self.bucket_prefix, BUCKETS, start, count])
+        users = []
+        for flat in buckets:
+            bucket = dict(zip(flat[::2], flat[1::2]))
+            users += [self.codec.decode(bucket[key]) for key in sorted(bucket)]
+        return users[skip:skip + count]
 
     def export(self, path: Path) -> dict:
         """Write all_users.json atomically from the store; returns what was written."""
