@@ -23,9 +23,9 @@ def duration(seconds: float | None) -> str:
     if seconds is None:
         return "—"
     if seconds < 1:
-        return f"{seconds * 1000:.0f} ms"
+        return f"{seconds * 1000:.0f}ms"
     if seconds < 60:
-        return f"{seconds:.1f} s"
+        return f"{seconds:.1f}s"
     minutes, secs = divmod(int(seconds), 60)
     if minutes < 60:
         return f"{minutes}m{secs:02d}s"
@@ -40,7 +40,7 @@ def ago(then: float | None, now: float) -> str:
     return duration(max(0.0, now - then)) + " ago"
 
 
-def bar(fraction: float, width: int = 10) -> Text:
+def bar(fraction: float, width: int = 8) -> Text:
     fraction = min(1.0, max(0.0, fraction))
     full = int(round(fraction * width))
     return Text.assemble(("█" * full, "green"), ("░" * (width - full), "grey37"), f" {fraction * 100:3.0f}%")

@@ -20,14 +20,15 @@ class WorkersPanel(Panel):
 
     def compose(self):
         table = DataTable(id="workers-table", cursor_type="row", zebra_stripes=True)
-        table.add_columns("name", "pid", "state", "job", "done", "failed", "heartbeat")
+        # the job id is last: it is the one column that may be cut in a narrow panel
+        table.add_columns("name", "pid", "state", "done", "failed", "heartbeat", "job")
         yield table
 
     def show(self, snap) -> None:
         rows = []
         for w in snap.workers:
-            rows.append((w.name, (w.name, str(w.pid or "—"), styled(w.state), w.current_job or "—",
-                                  number(w.successful), number(w.failed), ago(w.last_heartbeat, snap.taken_at))))
+            rows.append((w.name, (w.name, str(w.pid or "—"), styled(w.state), number(w.successful), number(w.failed),
+                                  ago(w.last_heartbeat, snap.taken_at), w.current_job or "—")))
         sync_rows(self.query_one(DataTable), rows)
         alive = snap.alive_workers
         self.border_subtitle = f"{alive} alive / {snap.desired_workers} desired"

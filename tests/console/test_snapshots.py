@@ -56,3 +56,12 @@ def test_help_screen(snap_compare):
         await pilot.press("question_mark")
 
     assert snap_compare(app(), terminal_size=(120, 50), run_before=open_help)
+
+
+def test_files_maximised_at_80x24(snap_compare):
+    """The Files panel must fit every column in 80 columns, and `m` must give it the whole screen."""
+    async def maximise_files(pilot):
+        await painted(pilot)
+        await pilot.press("4", "m")
+
+    assert snap_compare(app(), terminal_size=(80, 24), run_before=maximise_files)
