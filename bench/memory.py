@@ -82,6 +82,11 @@ def report(users: int, size: int, code: int, seconds: float, sampler: TreeSample
     worst = max(sampler.peaks.values(), key=lambda p: p.rss)
     print(f"largest process: {worst.role} {worst.rss / 2**20:.1f} MB (limit {LIMIT_MB} MB); "
           f"peak sum over the tree {sampler.peak_total / 2**20:.1f} MB")
+    # The baseline is the input itself: a store that grows with the data is fine, one that outgrows it is not.
+    servers = [p.rss for p in sampler.peaks.values() if p.role == "redis-server"]
+    if servers:
+        print(f"redis-server peak RSS / input file size = {max(servers) / size:.2f}x "
+              f"({max(servers) / users:,.0f} bytes per user)")
     if code != 0:
         print("console output (last lines):\n  " + "\n  ".join(output.splitlines()[-8:]))
 

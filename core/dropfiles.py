@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from pathlib import Path
+
+UNSEEN = (-1, -1)
 
 PATTERNS = (".json", ".jsonl", ".ndjson")
 IGNORED_SUFFIXES = (".part", ".tmp", "~")
@@ -22,6 +25,24 @@ def signature(path: Path) -> tuple[int, int] | None:
     except OSError:
         return None
     return stat.st_size, stat.st_mtime_ns
+
+
+def stability(path: Path, seen: tuple[int, int], quiet_period: float) -> tuple[tuple[int, int] | None, bool]:
+    """(the file's (size, mtime) now or None when it is gone, whether to read it now).
+
+    Read it once it is unchanged since `seen` and either `quiet_period` old or a whole JSON array; on
+    first sight (`seen` is UNSEEN) a whole file is read at once (renamed in, or there at startup), but a
+    file that changed since we last looked never is.
+    """
+    try:
+        stat = path.lstat() if path.is_symlink() else path.stat()
+    except OSError:
+        return None, False
+    current = (stat.st_size, stat.st_mtime_ns)
+    settled = time.time() - stat.st_mtime >= quiet_period or looks_complete(path)
+    if current != seen and seen != UNSEEN:
+        return current, False
+    return current, settled
 
 
 def looks_complete(path: Path) -> bool:

@@ -1,8 +1,7 @@
 """The drop folder: startup scan, then watchfiles events; each stable file streamed once through gRPC.
 
-A file is read when it is stable: unchanged since we last looked and either at least the quiet period
-old or a complete JSON array (core.dropfiles.looks_complete). A file renamed in whole is therefore read
-at once; one still being written keeps a fresh mtime, does not end its array yet, and waits.
+A file is read when it is stable (core.dropfiles.stability): a file renamed in whole is read at once;
+one still being written keeps a fresh mtime, does not end its array yet, and waits.
 
 The ledger is the file report in Redis, keyed by a fingerprint of the content: a file whose report
 says merged is never read again (under any name); one that was left streaming or queued by a console
@@ -11,7 +10,6 @@ that died is read again, and idempotent merging makes that safe.
 
 from __future__ import annotations
 
-import os
 import queue
 import threading
 import time
@@ -20,8 +18,9 @@ from pathlib import Path
 import redis
 import watchfiles
 
+from core.aftermerge import dispose, merged_line
 from core.client import SendResult, UsersClient
-from core.dropfiles import fingerprint, is_candidate, looks_complete, signature
+from core.dropfiles import UNSEEN, fingerprint, is_candidate, signature, stability
 from core.events import EventLog
 from core.quarantine import set_aside
 from core.store import Store
@@ -120,7 +119,7 @@ class Watcher:
         if path.parent != self.folder or not is_candidate(path):
             return
         with self._lock:
-            self.candidates.setdefault(path, (-1, -1))
+            self.candidates.setdefault(path, UNSEEN)
 
     def _watch(self) -> None:
         scanned_at = 0.0
@@ -148,25 +147,16 @@ class Watcher:
     def _promote_stable(self) -> None:
         if self.paused.is_set():
             return
-        now = time.time()
         with self._lock:
             for path, seen in list(self.candidates.items()):
-                try:
-                    stat = path.lstat() if path.is_symlink() else path.stat()
-                except OSError:
+                current, ready = stability(path, seen, self.quiet_period)
+                if current is None:
                     del self.candidates[path]
-                    continue
-                current = (stat.st_size, stat.st_mtime_ns)
-                settled = now - stat.st_mtime >= self.quiet_period or looks_complete(path)
-                if current != seen:
+                elif ready:
+                    del self.candidates[path]
+                    self.ready.put(path)
+                else:
                     self.candidates[path] = current
-                    # First sight of a whole file (renamed in, or there at startup) is enough; a change is not.
-                    if seen != (-1, -1) or not settled:
-                        continue
-                elif not settled:
-                    continue
-                del self.candidates[path]
-                self.ready.put(path)
 
     def drain_now(self) -> list[Path]:
         """For --once: every candidate, waiting only for files still being written."""
@@ -190,11 +180,7 @@ class Watcher:
                 self._stop.wait(0.2)
             try:
                 self.ingest(path)
-            except (redis.RedisError, OSError) as error:
-                self.events.emit("error", f"{path.name}: ingest failed, will retry: {error}")
-                self._stop.wait(2.0)
-                self._note(path)
-            except Exception as error:  # a gRPC failure: keep the file for the next try
+            except Exception as error:  # Redis, the disk or gRPC failed: keep the file for the next try
                 self.events.emit("error", f"{path.name}: ingest failed, will retry: {error}")
                 self._stop.wait(2.0)
                 self._note(path)
@@ -238,7 +224,7 @@ class Watcher:
         with self._lock:
             if report_id in self.reading:
                 # The same content under another name is being read right now: look again later.
-                self.candidates.setdefault(path, (-1, -1))
+                self.candidates.setdefault(path, UNSEEN)
                 self.known.pop(path, None)
                 return report_id, "busy"
             self.reading[report_id] = path.name
@@ -293,20 +279,8 @@ class Watcher:
                 continue  # not yet, or another thread has just logged it
             seconds = round(time.time() - started, 3)
             self.store.update_report(report_id, seconds=seconds, merged_at=time.time())
-            damage = report.get("damage")
-            reasons = report.get("reasons") or []
-            text = (f"{name}: {'partial' if damage else 'merged'}: {report.get('accepted', 0)} users accepted "
-                    f"({report.get('new', 0)} new, {report.get('updated', 0)} updated, "
-                    f"{report.get('duplicate', 0)} duplicates), {report.get('rejected', 0)} rejected, "
-                    f"{report.get('size', 0)} bytes in {seconds:.2f} s")
-            if reasons:
-                text += f"; first rejection: {reasons[0]}"
-            if damage:
-                text += f"; {damage}"
-            self.events.emit("warning" if damage or reasons else "info", text, file=name, id=report_id,
-                             state="partial" if damage else "merged", accepted=report.get("accepted", 0),
-                             rejected=report.get("rejected", 0), duplicates=report.get("duplicate", 0),
-                             bytes=report.get("size", 0), seconds=seconds)
+            level, text, fields = merged_line(name, report, seconds)
+            self.events.emit(level, text, **fields)
             self._dispose(path, report)
 
     def _quarantine(self, path: Path, report_id: str, result: SendResult) -> None:
@@ -316,20 +290,11 @@ class Watcher:
             self.events.emit("error", f"{path.name}: cannot copy to quarantine: {error.strerror}")
 
     def _dispose(self, path: Path, report: dict) -> None:
-        """Apply --after-merge to a merged file, if the file at that path still holds that content."""
         own = str(path) == report.get("path")  # not a copy of the file under another name
-        if self.after_merge == "keep" or (own and report.get("disposed")):
+        if own and report.get("disposed"):
             return
         try:
-            if path.parent != self.folder or not path.exists() or fingerprint(path) != report["id"]:
-                return
-            if self.after_merge == "delete":
-                path.unlink()
-            else:
-                target = self.folder / "processed"
-                target.mkdir(exist_ok=True)
-                os.replace(path, target / path.name)
-            if own:
+            if dispose(self.after_merge, self.folder, path, report) and own:
                 self.store.update_report(report["id"], disposed=self.after_merge)
         except (redis.RedisError, OSError) as error:
             self.events.emit("error", f"{path.name}: after-merge {self.after_merge} failed: {error}")

@@ -5,8 +5,9 @@ import sys
 
 MODULES = ["core.config", "core.records", "core.ingest", "core.store", "core.jobs", "core.taskqueue",
            "core.server", "core.client", "core.watcher", "core.broker", "core.supervisor", "core.runtime",
-           "core.exporter", "core.events", "core.worker_process", "core.quarantine", "core.dropfiles", "core.status", "core.control",
-           "core.doctor", "core.security", "core.metrics"]
+           "core.exporter", "core.events", "core.worker_process", "core.quarantine", "core.dropfiles", "core.status",
+           "core.snapshot", "core.codec", "core.aftermerge", "core.control", "core.doctor", "core.security",
+           "core.metrics"]
 
 
 def test_core_imports_without_textual():

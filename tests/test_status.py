@@ -9,7 +9,8 @@ from conftest import copy_challenge, wait_for
 from core.control import Control, ControlError
 from core.doctor import diagnose
 from core.events import Event
-from core.status import GrpcInfo, History, RedisInfo, Snapshot, WatcherInfo, WorkerInfo
+from core.snapshot import GrpcInfo, RedisInfo, Snapshot, WatcherInfo, WorkerInfo
+from core.status import History
 
 
 def test_status_and_control_import_without_textual():

@@ -1,5 +1,5 @@
 """A fixed system for snapshot tests: the live dashboard has clocks, pids and rates that never repeat,
-so these screens are drawn from one hand-made core.status Snapshot and a tiny in-memory store."""
+so these screens are drawn from one hand-made core.snapshot Snapshot and a tiny in-memory store."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import orjson
 
 from core.doctor import Problem
 from core.events import Event
-from core.status import FailedJob, GrpcInfo, RedisInfo, Snapshot, WatcherInfo, WorkerInfo
+from core.snapshot import FailedJob, GrpcInfo, RedisInfo, Snapshot, WatcherInfo, WorkerInfo
 
 NOW = 1_800_000_000.0
 FIRST = ["Andrus", "Ingar", "Amalee", "Bette", "Cyril", "Dora", "Egon", "Fenna"]
