@@ -32,7 +32,7 @@ import redis
 from core.codec import BUCKETS, Codec, Dictionary, StaleDictionary, bucket_of, lua
 from core.records import merge_key
 
-EXPORT_BUCKETS = 256  # buckets fetched per round trip while exporting (a few thousand users)
+EXPORT_USERS = 5000  # users fetched per round trip while exporting, about; memory stays flat at any size
 DRAIN_FLAG_TTL = 60
 LAYOUT = "2"
 
@@ -215,13 +215,14 @@ class Store:
     def version(self) -> int:
         return int(self.redis.get(self.key("version")) or 0)
 
-    def iter_users(self, chunk: int = EXPORT_BUCKETS):
+    def iter_users(self, chunk: int | None = None):
         """Yield each user as JSON (bytes) in export order, `chunk` buckets per round trip (flat memory).
 
         A bucket is read whole in one command, and a user never changes bucket, so a merge landing
         during the walk can neither repeat a user nor hide one that was there before it began.
         """
         self.codec.dictionary.sync()
+        chunk = chunk or max(1, min(256, EXPORT_USERS * BUCKETS // max(1, self.count())))
         for first in range(0, BUCKETS, chunk):
             with self.redis.pipeline(transaction=False) as pipe:
                 for bucket in range(first, min(first + chunk, BUCKETS)):
