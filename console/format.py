@@ -11,12 +11,12 @@ STATE_STYLES = {
 }
 
 
-def size(num: float) -> str:
+def size(num: float, digits: int = 1) -> str:
     for unit in ("B", "KB", "MB", "GB"):
         if num < 1024 or unit == "GB":
-            return f"{num:.0f} {unit}" if unit == "B" else f"{num:.1f} {unit}"
+            return f"{num:.0f} {unit}" if unit == "B" else f"{num:.{digits}f} {unit}"
         num /= 1024
-    return f"{num:.1f} GB"
+    return f"{num:.{digits}f} GB"
 
 
 def duration(seconds: float | None) -> str:

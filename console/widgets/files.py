@@ -22,7 +22,8 @@ class FilesPanel(Panel):
 
     def compose(self):
         table = PanelTable(id="files-table")
-        table.add_columns("file", "size", "state", "accepted", "rejected", "dup", "progress", "time")
+        # Narrow enough for half of a 140-column screen; duplicates and exact sizes are in the report (enter).
+        table.add_columns("file", "size", "state", "users", "rejected", "progress", "time")
         yield table
 
     def show(self, snap) -> None:
@@ -30,7 +31,7 @@ class FilesPanel(Panel):
         rows = []
         if snap.watcher is not None:
             for name in snap.watcher.waiting_names:
-                rows.append(("wait:" + name, (name, "", styled("waiting"), "", "", "", Text("in line", "dim"), "")))
+                rows.append(("wait:" + name, (name, "", styled("waiting"), "", "", Text("in line", "dim"), "")))
         for report in snap.files:
             rows.append((report["id"], file_row(report)))
         sync_rows(self.query_one(DataTable), rows)
@@ -76,6 +77,6 @@ def file_row(report: dict) -> tuple:
         progress = bar(1.0)
     else:
         progress = Text("—", "dim")
-    return (report.get("name", report["id"][:12]), size(report.get("size", 0)), styled(state),
-            number(report.get("accepted", 0)), number(report.get("rejected", 0)), number(report.get("duplicate", 0)),
-            progress, duration(report.get("seconds")) if "seconds" in report else "…")
+    return (report.get("name", report["id"][:12]), size(report.get("size", 0), digits=0), styled(state),
+            number(report.get("accepted", 0)), number(report.get("rejected", 0)), progress,
+            duration(report.get("seconds")) if "seconds" in report else "…")

@@ -56,7 +56,7 @@ async def test_dropped_file_reaches_its_final_values(runtime_factory):
         files = await until(pilot, final, message="both files final and 1,977 users")
         assert files["1.json"][3:6] == ["1,000", "0", "0"]
         assert files["6.json"][3] == "977"
-        assert "100%" in files["1.json"][6]
+        assert "100%" in files["1.json"][5]
         status = str(dashboard(app).query_one("#statusline").render())
         assert "1,977 users" in status
         shot = os.environ.get("SWORDSEC_SCREENSHOT")
