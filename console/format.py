@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from rich.text import Text
 
 STATE_STYLES = {
@@ -37,7 +39,15 @@ def ago(then: float | None, now: float) -> str:
     """Age relative to the snapshot's own clock, so a screen drawn from a fixed snapshot is fixed too."""
     if then is None:
         return "—"
-    return duration(max(0.0, now - then)) + " ago"
+    if now - then < 1:
+        return "just now"
+    return duration(now - then) + " ago"
+
+
+def short_path(path: str) -> str:
+    """A path relative to the current folder when it is under it, else as it is."""
+    relative = os.path.relpath(path)
+    return path if relative.startswith("..") else relative
 
 
 def bar(fraction: float, width: int = 8) -> Text:

@@ -44,7 +44,7 @@ class Store:
         self._merge = connection.register_script(lua("merge.lua"))
         self._push_unary = connection.register_script(lua("push_unary.lua"))
         self._finish_file = connection.register_script(lua("finish_file.lua"))
-        self._page = connection.register_script(lua("page.lua"))
+        self._walk = connection.register_script(lua("walk.lua"))
         self.codec = Codec(Dictionary(connection, namespace))
         self.bucket_prefix = self.key("users") + ":"
 
@@ -215,31 +215,31 @@ class Store:
     def version(self) -> int:
         return int(self.redis.get(self.key("version")) or 0)
 
-    def iter_users(self, chunk: int | None = None):
-        """Yield each user as JSON (bytes) in export order, `chunk` buckets per round trip (flat memory).
+    def iter_users(self, chunk: int = EXPORT_USERS):
+        """Yield each user as JSON (bytes) in export order, about `chunk` users per round trip (flat memory).
 
-        A bucket is read whole in one command, and a user never changes bucket, so a merge landing
-        during the walk can neither repeat a user nor hide one that was there before it began.
+        A bucket is read whole in one step, and a user never changes bucket, so a merge landing during
+        the walk can neither repeat a user nor hide one that was there before it began.
         """
         self.codec.dictionary.sync()
-        chunk = chunk or max(1, min(256, EXPORT_USERS * BUCKETS // max(1, self.count())))
-        for first in range(0, BUCKETS, chunk):
-            with self.redis.pipeline(transaction=False) as pipe:
-                for bucket in range(first, min(first + chunk, BUCKETS)):
-                    pipe.hgetall(self.bucket_prefix + str(bucket))
-                for bucket in pipe.execute():
-                    for key in sorted(bucket):
-                        yield orjson.dumps(self.codec.decode(bucket[key]))
+        bucket = 0
+        while bucket < BUCKETS:
+            bucket, _, *found = self._walk(args=[self.bucket_prefix, BUCKETS, bucket, 0, chunk])
+            for flat in found:
+                for user in self._decode_bucket(flat):
+                    yield orjson.dumps(user)
 
     def users_page(self, start: int, count: int) -> list[dict]:
         """`count` users from position `start` of the export order."""
         self.codec.dictionary.sync()
-        skip, *buckets = self._page(args=[self.bucket_prefix, BUCKETS, start, count])
-        users = []
-        for flat in buckets:
-            bucket = dict(zip(flat[::2], flat[1::2]))
-            users += [self.codec.decode(bucket[key]) for key in sorted(bucket)]
+        _, skip, *found = self._walk(args=[self.bucket_prefix, BUCKETS, 0, start, count])
+        users = [user for flat in found for user in self._decode_bucket(flat)]
         return users[skip:skip + count]
+
+    def _decode_bucket(self, flat: list[bytes]) -> list[dict]:
+        """A bucket's HGETALL reply as users, by merge key."""
+        bucket = dict(zip(flat[::2], flat[1::2]))
+        return [self.codec.decode(bucket[key]) for key in sorted(bucket)]
 
     def export(self, path: Path) -> dict:
         """Write all_users.json atomically from the store; returns what was written."""

@@ -10,6 +10,7 @@ from console.format import bar, duration, file_state, number, size, styled
 from console.widgets.panel import Panel, PanelTable, row_key, sync_rows
 
 REPLAYABLE = ("rejected", "partial")
+ACTIVE = ("streaming", "queued")
 
 
 class FilesPanel(Panel):
@@ -28,12 +29,12 @@ class FilesPanel(Panel):
 
     def show(self, snap) -> None:
         self.reports = {r["id"]: r for r in snap.files}
-        rows = []
-        if snap.watcher is not None:
-            for name in snap.watcher.waiting_names:
-                rows.append(("wait:" + name, (name, "", styled("waiting"), "", "", Text("in line", "dim"), "")))
-        for report in snap.files:
-            rows.append((report["id"], file_row(report)))
+        # Files at work first, then the ones in line for a reader, then the finished ones, newest first.
+        active = [(r["id"], file_row(r)) for r in snap.files if r.get("state") in ACTIVE]
+        done = [(r["id"], file_row(r)) for r in snap.files if r.get("state") not in ACTIVE]
+        waiting = [("wait:" + name, (name, "", styled("waiting"), "", "", Text("in line", "dim"), ""))
+                   for name in (snap.watcher.waiting_names if snap.watcher is not None else ())]
+        rows = active + waiting + done
         sync_rows(self.query_one(DataTable), rows)
         merged = sum(1 for r in snap.files if r.get("state") == "merged")
         self.border_subtitle = f"{merged}/{len(snap.files)} merged"

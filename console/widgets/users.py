@@ -12,7 +12,7 @@ from textual import work
 from textual.binding import Binding
 from textual.widgets import DataTable, Static
 
-from console.format import ago, number
+from console.format import ago, number, short_path
 from console.widgets.panel import FilterInput, Panel
 from core.config import USER_FIELDS
 
@@ -56,9 +56,11 @@ class UsersPanel(Panel):
     def show(self, snap) -> None:
         self.total = snap.users
         export = snap.export
-        written = (f"{number(export['count'])} users in {export['path']}, written "
-                   f"{ago(export['written_at'], snap.taken_at)}") if export else f"{snap.output_path} not written yet"
+        # count and age first: a long path is what gets cut in a narrow panel
+        written = (f"{number(export['count'])} users written {ago(export['written_at'], snap.taken_at)} to "
+                   f"{short_path(export['path'])}") if export else f"{short_path(snap.output_path)} not written yet"
         self.query_one("#users-info", Static).update(written)
+        self._render_subtitle()  # the count now; the page itself follows when its fetch returns
         key = (snap.users, export.get("version"))
         if key != self.shown_version and self.matches is None and self._drawn_now:
             self.shown_version = key
