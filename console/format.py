@@ -53,6 +53,8 @@ def short_path(path: str) -> str:
 def bar(fraction: float, width: int = 8) -> Text:
     fraction = min(1.0, max(0.0, fraction))
     full = int(round(fraction * width))
+    if not width:  # no room for a bar: the figure alone, coloured as the bar would be
+        return Text(f"{fraction * 100:3.0f}%", "green" if fraction >= 1 else "cyan")
     return Text.assemble(("█" * full, "green"), ("░" * (width - full), "grey37"), f" {fraction * 100:3.0f}%")
 
 

@@ -11,6 +11,10 @@ from console.widgets.panel import Panel, PanelTable, row_key, sync_rows
 
 REPLAYABLE = ("rejected", "partial")
 ACTIVE = ("streaming", "queued")
+# Below this panel width the size column and the bar give way, so every column stays on screen.
+WIDE = 66  # content width: the wide table needs 65 cells and the scrollbar
+COLUMNS = ("file", "size", "state", "users", "rejected", "progress", "time")
+COMPACT_COLUMNS = ("file", "state", "users", "rejected", "progress", "time")
 
 
 class FilesPanel(Panel):
@@ -21,18 +25,29 @@ class FilesPanel(Panel):
         Binding("x", "replay", "Replay"),
     ]
 
+    compact: bool | None = None
+
     def compose(self):
-        table = PanelTable(id="files-table")
-        # Narrow enough for half of a 140-column screen; duplicates and exact sizes are in the report (enter).
-        table.add_columns("file", "size", "state", "users", "rejected", "progress", "time")
-        yield table
+        # Duplicates, exact sizes and the reasons are in the report (enter).
+        yield PanelTable(id="files-table")
+
+    def _fit_columns(self) -> bool:
+        compact = self.size.width < WIDE
+        if compact != self.compact:
+            self.compact = compact
+            table = self.query_one(DataTable)
+            table.clear(columns=True)
+            table.add_columns(*(COMPACT_COLUMNS if compact else COLUMNS))
+        return compact
 
     def show(self, snap) -> None:
         self.reports = {r["id"]: r for r in snap.files}
+        compact = self._fit_columns()
         # Files at work first, then the ones in line for a reader, then the finished ones, newest first.
-        active = [(r["id"], file_row(r)) for r in snap.files if r.get("state") in ACTIVE]
-        done = [(r["id"], file_row(r)) for r in snap.files if r.get("state") not in ACTIVE]
-        waiting = [("wait:" + name, (name, "", styled("waiting"), "", "", Text("in line", "dim"), ""))
+        active = [(r["id"], file_row(r, compact)) for r in snap.files if r.get("state") in ACTIVE]
+        done = [(r["id"], file_row(r, compact)) for r in snap.files if r.get("state") not in ACTIVE]
+        blank_size = () if compact else ("",)
+        waiting = [("wait:" + name, (name, *blank_size, styled("waiting"), "", "", Text("in line", "dim"), ""))
                    for name in (snap.watcher.waiting_names if snap.watcher is not None else ())]
         rows = active + waiting + done
         sync_rows(self.query_one(DataTable), rows)
@@ -65,19 +80,21 @@ class FilesPanel(Panel):
         self.command(self.app.runtime.control.replay, report.get("name", ""))
 
 
-def file_row(report: dict) -> tuple:
+def file_row(report: dict, compact: bool = False) -> tuple:
     state = file_state(report)
     total, done = report.get("batches_total", 0), report.get("batches_done", 0)
+    width = 0 if compact else 8
     if state == "reading" and report.get("size"):
-        progress = bar(min(1.0, report.get("read_bytes", 0) / report["size"]))
+        progress = bar(min(1.0, report.get("read_bytes", 0) / report["size"]), width)
     elif state == "reading":
         progress = Text(f"read {number(report.get('records', 0))}", "cyan")
     elif total:
-        progress = bar(done / total)
+        progress = bar(done / total, width)
     elif state in ("merged", "partial"):
-        progress = bar(1.0)
+        progress = bar(1.0, width)
     else:
         progress = Text("—", "dim")
-    return (report.get("name", report["id"][:12]), size(report.get("size", 0), digits=0), styled(state),
-            number(report.get("accepted", 0)), number(report.get("rejected", 0)), progress,
-            duration(report.get("seconds")) if "seconds" in report else "…")
+    sized = () if compact else (size(report.get("size", 0), digits=0),)
+    took = duration(report.get("seconds")) if "seconds" in report else "…"
+    return (report.get("name", report["id"][:12]), *sized, styled(state), number(report.get("accepted", 0)),
+            number(report.get("rejected", 0)), progress, took)

@@ -32,6 +32,13 @@ async def until(pilot, predicate, timeout: float = 30.0, message: str = "conditi
         await pilot.pause(0.05)
 
 
+def table_cells(app, panel_id: str) -> dict[str, dict[str, str]]:
+    """Each row of a panel's table as {column label: text}: tables drop columns when narrow."""
+    table = dashboard(app).query_one(f"#{panel_id} DataTable", DataTable)
+    labels = [str(column.label) for column in table.columns.values()]
+    return {key.value: dict(zip(labels, map(str, table.get_row(key)))) for key in table.rows}
+
+
 def dashboard(app) -> DashboardScreen:
     return next(s for s in app.screen_stack if isinstance(s, DashboardScreen))
 
@@ -49,14 +56,14 @@ async def test_dropped_file_reaches_its_final_values(runtime_factory):
         copy_challenge(runtime.settings.watch, ["1.json", "6.json"])
 
         def final():
-            files = {r[0]: r for r in table_rows(app, "panel-4").values()}
-            return (files.get("1.json", [""] * 3)[2] == "merged" and files.get("6.json", [""] * 3)[2] == "partial"
-                    and app.snapshot.users == 1977 and files)
+            files = {r["file"]: r for r in table_cells(app, "panel-4").values()}
+            return (files.get("1.json", {}).get("state") == "merged"
+                    and files.get("6.json", {}).get("state") == "partial" and app.snapshot.users == 1977 and files)
 
         files = await until(pilot, final, message="both files final and 1,977 users")
-        assert files["1.json"][3:5] == ["1,000", "0"]
-        assert files["6.json"][3] == "977"
-        assert "100%" in files["1.json"][5]
+        assert (files["1.json"]["users"], files["1.json"]["rejected"]) == ("1,000", "0")
+        assert files["6.json"]["users"] == "977"
+        assert "100%" in files["1.json"]["progress"]
         status = str(dashboard(app).query_one("#statusline").render())
         assert "1,977 users" in status
         shot = os.environ.get("SWORDSEC_SCREENSHOT")
