@@ -82,6 +82,11 @@ class Dictionary:
         with self._lock:
             self._load()
 
+    @property
+    def strings(self) -> list[str]:
+        """The strings by index as far as this process knows them (grows in place; replaced on a new epoch)."""
+        return self._strings
+
     def string(self, index: int) -> str:
         with self._lock:
             if index >= len(self._strings):
@@ -124,10 +129,20 @@ class Codec:
             rows.append(orjson.dumps(row))
         return (epoch if used else ""), rows
 
-    def decode(self, stored: bytes) -> dict:
-        """A stored value ("<seq>\\t<array>") back to the user object."""
-        row = orjson.loads(stored[stored.index(b"\t") + 1:])
-        for position in INTERNED_POSITIONS:
-            if row[position].__class__ is int:
-                row[position] = self.dictionary.string(row[position])
-        return dict(zip(USER_FIELDS, row))
+    def decode(self, values) -> list[dict]:
+        """Stored values ("<seq>\\t<array>") back to user objects.
+
+        The export decodes every user, so the dictionary is read from a local reference, not through
+        its lock, for every index it already holds.
+        """
+        strings = self.dictionary.strings
+        known = len(strings)
+        users = []
+        for stored in values:
+            row = orjson.loads(stored[stored.index(b"\t") + 1:])
+            for position in INTERNED_POSITIONS:
+                index = row[position]
+                if index.__class__ is int:
+                    row[position] = strings[index] if index < known else self.dictionary.string(index)
+            users.append(dict(zip(USER_FIELDS, row)))
+        return users

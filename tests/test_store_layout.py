@@ -131,3 +131,15 @@ def test_the_embedded_redis_keeps_buckets_compact(embedded_broker, namespace):
     finally:
         store.clear()
         connection.close()
+
+
+def test_an_export_walk_stopped_early_leaves_no_fetch_thread(connection, namespace):
+    """The console's filter stops reading at its match cap: the prefetching thread must end with it."""
+    import threading
+
+    store = Store(connection, namespace)
+    merge(store, "f", make_users(60, "early"))
+    walk = store.iter_users(chunk=5)
+    assert len([next(walk) for _ in range(3)]) == 3
+    walk.close()
+    assert not [t for t in threading.enumerate() if t.name.startswith("export-fetch")]
