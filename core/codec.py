@@ -40,8 +40,12 @@ def bucket_of(key: str) -> int:
     return zlib.crc32(key.encode()) % BUCKETS
 
 
-class StaleDictionary(RuntimeError):
-    """The dictionary was cleared since this process cached indexes from it."""
+class StaleDictionary(redis.RedisError):
+    """The dictionary was cleared since this process cached indexes from it.
+
+    A RedisError, so every caller that already rides out a store hiccup (the exporter, the watcher, RPCs
+    answering UNAVAILABLE, RQ retrying a job) treats a namespace cleared under it the same way.
+    """
 
 
 class Dictionary:

@@ -4,7 +4,6 @@ Key layout (all under the namespace, default "swordsec"):
   users:<n>     hash  bucket n of BUCKETS: merge key -> "<seq>\t<JSON array>" (latest seq wins)
   users:count   int   how many users the buckets hold
   dict          hash  repeated string -> index; dict:list the strings by index; dict:epoch its token
-  layout        str   the layout version of this namespace (an older one is upgraded on start)
   version       int   bumped whenever a merge changes a user
   seq           int   ingest sequence counter
   inbox         list  unary users waiting for a drain job; inbox:pending is set while one is queued
@@ -35,7 +34,7 @@ from core.records import merge_key
 
 EXPORT_USERS = 5000  # users fetched per round trip while exporting, about; memory stays flat at any size
 DRAIN_FLAG_TTL = 60
-LAYOUT = "2"
+STALE = -1  # what merge.lua and push_unary.lua answer for values encoded against a cleared dictionary
 
 
 class Store:
@@ -93,28 +92,36 @@ class Store:
         return {"new": new, "updated": updated, "duplicate": dup, "already_merged": bool(skipped)}
 
     def _apply(self, head: list, keys: list[str], users: list[dict], key_field: str, seqs: list[int]) -> list[int]:
-        """Run merge.lua on these users, encoding them afresh if the dictionary was cleared meanwhile."""
-        for _ in range(3):
+        """Run merge.lua on these users: [new, updated, duplicate, taken or skipped]."""
+        def attempt():
             epoch, rows = self.codec.encode(users)
             args: list = [*head, epoch, self.bucket_prefix]
             for user, row, seq in zip(users, rows, seqs):
                 key = merge_key(user, key_field)
                 args += [bucket_of(key), key, b"%d\t%s" % (seq, row)]
             result = self._merge(keys=keys, args=args)
-            if result[0] != -1:
-                return result
-            self.codec.dictionary.forget()
-        raise StaleDictionary("the string dictionary keeps being cleared")
+            return STALE if result[0] == STALE else result
+
+        return self._encoding(attempt)
 
     def push_unary(self, user: dict, key_field: str) -> bool:
         """Hand one user to the inbox; True when the caller must enqueue a drain job."""
         key = merge_key(user, key_field)
         keys = [self.key("inbox"), self.key("seq"), self.key("inbox", "pending"), self.codec.dictionary.keys[2]]
-        for _ in range(3):
+
+        def attempt():
             epoch, (row,) = self.codec.encode([user])
-            answer = self._push_unary(keys=keys, args=[bucket_of(key), key, row, DRAIN_FLAG_TTL, epoch])
-            if answer != -1:
-                return bool(answer)
+            return self._push_unary(keys=keys, args=[bucket_of(key), key, row, DRAIN_FLAG_TTL, epoch])
+
+        return bool(self._encoding(attempt))
+
+    def _encoding(self, attempt):
+        """Run a step that encodes users and hands them to a script, again with a fresh dictionary when the
+        script answers STALE (the namespace was cleared since this process cached its indexes)."""
+        for _ in range(3):
+            result = attempt()
+            if result != STALE:
+                return result
             self.codec.dictionary.forget()
         raise StaleDictionary("the string dictionary keeps being cleared")
 
@@ -130,7 +137,6 @@ class Store:
         """
         legacy, rev = self.key("users"), self.key("users", "rev")
         if self.redis.type(legacy) != b"hash":
-            self.redis.set(self.key("layout"), LAYOUT)
             return 0
         moved, cursor = 0, 0
         while True:
@@ -144,7 +150,6 @@ class Store:
             if cursor == 0:
                 break
         self.redis.delete(legacy, rev, self.key("users", "order"))
-        self.redis.set(self.key("layout"), LAYOUT)
         return moved
 
     # -- file reports (the ledger) --------------------------------------------------------------------
