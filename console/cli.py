@@ -1,4 +1,4 @@
-"""Command line: `swordsec-console [options]` (TUI, or --no-ui), plus `send`, `worker` and `replay`."""
+"""Command line: `swordsec-console [options]` (TUI, or --no-ui), plus `send`, `health`, `worker` and `replay`."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 from core.config import Settings
 
 EXIT_OK, EXIT_INPUT_REJECTED, EXIT_USAGE, EXIT_FAILURE = 0, 1, 2, 3
-SUBCOMMANDS = ("send", "worker", "replay")
+SUBCOMMANDS = ("send", "health", "worker", "replay")
 
 
 def _env_help(name: str) -> str:
@@ -24,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="swordsec-console",
         description="Collect users from JSON files dropped in a folder into Redis and one merged all_users.json, "
-                    "through gRPC and RQ workers. Other commands: send FILE..., worker, replay NAME "
+                    "through gRPC and RQ workers. Other commands: send FILE..., health, worker, replay NAME "
                     "(see `swordsec-console COMMAND --help`).",
         epilog=f"Exit codes: {EXIT_OK} all input accepted; {EXIT_INPUT_REJECTED} some input was rejected or a file "
                f"was damaged (its valid records were kept); {EXIT_USAGE} bad usage or settings; "

@@ -1,4 +1,4 @@
-"""The subcommands: `send`, `worker` and `replay`."""
+"""The subcommands: `send`, `health`, `worker` and `replay`."""
 
 from __future__ import annotations
 
@@ -20,17 +20,8 @@ def send(argv: list[str]) -> int:
 
     parser = argparse.ArgumentParser(prog="swordsec-console send", description=send.__doc__)
     parser.add_argument("files", nargs="+", type=Path, metavar="FILE")
-    parser.add_argument("--server", default=os.environ.get("SWORDSEC_SERVER", "127.0.0.1:50051"),
-                        help="gRPC server HOST:PORT (default 127.0.0.1:50051) [env SWORDSEC_SERVER]")
+    _server_arguments(parser)
     parser.add_argument("--batch-size", type=int, default=1000)
-    parser.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the server to answer")
-    parser.add_argument("--tls-ca", type=Path, default=os.environ.get("SWORDSEC_TLS_CA") or None, metavar="PEM",
-                        help="use TLS, trusting this CA or self-signed server certificate [env SWORDSEC_TLS_CA]")
-    parser.add_argument("--tls-server-name", metavar="NAME",
-                        help="name to verify in the server certificate, when it is not the --server host")
-    parser.add_argument("--token", default=os.environ.get("SWORDSEC_TOKEN") or None, metavar="SECRET",
-                        help="send `authorization: Bearer SECRET` (prefer the env: flags show in `ps`) "
-                             "[env SWORDSEC_TOKEN]")
     args = parser.parse_args(argv)
     code = EXIT_OK
     with UsersClient(args.server, tls_ca=args.tls_ca, token=args.token, server_name=args.tls_server_name) as client:
@@ -59,6 +50,41 @@ def send(argv: list[str]) -> int:
             if result.rejected or result.damage:
                 code = EXIT_INPUT_REJECTED
     return code
+
+
+def health(argv: list[str]) -> int:
+    """Ask a running server's gRPC health service whether it is serving (for healthchecks and scripts)."""
+    import grpc
+
+    from core.client import UsersClient
+
+    parser = argparse.ArgumentParser(prog="swordsec-console health", description=health.__doc__,
+                                     epilog=f"Exit codes: {EXIT_OK} serving; {EXIT_FAILURE} not serving or no answer.")
+    _server_arguments(parser)
+    args = parser.parse_args(argv)
+    with UsersClient(args.server, tls_ca=args.tls_ca, token=args.token, server_name=args.tls_server_name) as client:
+        try:
+            status = client.health(timeout=args.timeout)
+        except grpc.RpcError as error:
+            print(f"health: {args.server}: {error.code().name}: {error.details()}", file=sys.stderr)
+            return EXIT_FAILURE
+    print(f"health: {args.server}: {status}")
+    return EXIT_OK if status == "SERVING" else EXIT_FAILURE
+
+
+def _server_arguments(parser: argparse.ArgumentParser) -> None:
+    """How a client command reaches the server: address, timeout, TLS and token."""
+    parser.add_argument("--server", default=os.environ.get("SWORDSEC_SERVER", "127.0.0.1:50051"),
+                        help="gRPC server HOST:PORT (default 127.0.0.1:50051) [env SWORDSEC_SERVER]")
+    parser.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the server to answer")
+    parser.add_argument("--tls-ca", type=Path, default=os.environ.get("SWORDSEC_TLS_CA") or None, metavar="PEM",
+                        help="use TLS, trusting this CA or self-signed server certificate [env SWORDSEC_TLS_CA]")
+    parser.add_argument("--tls-server-name", default=os.environ.get("SWORDSEC_TLS_SERVER_NAME") or None,
+                        metavar="NAME", help="name to verify in the server certificate, when it is not the --server "
+                                             "host [env SWORDSEC_TLS_SERVER_NAME]")
+    parser.add_argument("--token", default=os.environ.get("SWORDSEC_TOKEN") or None, metavar="SECRET",
+                        help="send `authorization: Bearer SECRET` (prefer the env: flags show in `ps`) "
+                             "[env SWORDSEC_TOKEN]")
 
 
 def worker(argv: list[str]) -> int:

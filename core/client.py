@@ -73,6 +73,13 @@ class UsersClient:
     def __exit__(self, *exc):
         self.close()
 
+    def health(self, timeout: float = 10.0) -> str:
+        """The server's overall gRPC health status name (SERVING, NOT_SERVING, ...); the service needs no token."""
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        reply = health_pb2_grpc.HealthStub(self.channel).Check(health_pb2.HealthCheckRequest(), timeout=timeout)
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+
     def wait_ready(self, timeout: float = 10.0) -> None:
         grpc.channel_ready_future(self.channel).result(timeout=timeout)
 

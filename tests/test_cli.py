@@ -214,6 +214,16 @@ def test_send_reports_what_the_server_accepted_and_fails_clearly_without_a_serve
     assert "Traceback" not in nobody.stderr
 
 
+def test_health_says_serving_and_fails_in_one_line_without_a_server(runtime_factory):
+    runtime = runtime_factory(watch=False, token="a-long-enough-s3cret-token")
+    target = f"127.0.0.1:{runtime.server.port}"
+    done = run(["health", "--server", target])  # the health service needs no token, as a load balancer has none
+    assert done.returncode == 0 and done.stdout.strip() == f"health: {target}: SERVING", done.stderr
+    nobody = run(["health", "--server", "127.0.0.1:1", "--timeout", "1"])
+    assert nobody.returncode == 3 and nobody.stderr.startswith("health: 127.0.0.1:1: ")
+    assert len(nobody.stderr.strip().splitlines()) == 1 and "Traceback" not in nobody.stderr
+
+
 def test_unusable_folders_and_a_taken_port_get_one_line(tmp_path):
     import socket
 

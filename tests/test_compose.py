@@ -152,6 +152,13 @@ def test_every_command_is_ours(compose):
         assert done.returncode == 0, f"{name}: `swordsec-console {' '.join(command)} --help` failed: {done.stderr}"
 
 
+def test_server_healthcheck_is_our_health_command(compose):
+    test = compose["services"]["server"]["healthcheck"]["test"]
+    assert test[:3] == ["CMD", "swordsec-console", "health"]
+    done = subprocess.run([*entry_point(), *test[2:], "--help"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+
+
 def test_server_command_and_environment_pass_our_validation(compose):
     """--help exits 0 even after a bad flag; parsing for real catches that, and the listen policy too."""
     server = compose["services"]["server"]
