@@ -1,4 +1,4 @@
-"""Users in the shape of the challenge files (shared/data/challenge/*.json), generated deterministically.
+"""Users in the shape of the challenge files (tests/data/challenge/*.json), generated deterministically.
 
 Each file is a JSON array, one record a line, ids restarting at 1 in every file (as in the real
 drop folder) and emails unique across all files so every user survives the merge.

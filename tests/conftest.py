@@ -19,7 +19,7 @@ from core.config import Settings
 from core.runtime import Runtime
 
 ROOT = Path(__file__).resolve().parent.parent
-CHALLENGE = ROOT.parent / "shared" / "data" / "challenge"
+CHALLENGE = ROOT / "tests" / "data" / "challenge"  # copied from the project's public challenge data
 EXTERNAL_URL = os.environ.get("SWORDSEC_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
@@ -133,6 +133,7 @@ def own_redis(tmp_path, namespace):
 
 def copy_challenge(folder: Path, names=None) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
+    assert len(list(CHALLENGE.glob("*.json"))) == 10, f"the ten challenge files are missing from {CHALLENGE}"
     copied = []
     for source in sorted(CHALLENGE.glob("*.json")):
         if names is None or source.name in names:
