@@ -38,6 +38,6 @@ WORKDIR /srv/swordsec
 USER 10001:10001
 
 # gRPC and the Prometheus endpoint; both bind loopback unless told otherwise (see docs/DEPLOY.md).
-EXPOSE 50051 9100
+EXPOSE 50051 9482
 ENTRYPOINT ["swordsec-console"]
 CMD ["--help"]

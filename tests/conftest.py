@@ -1,6 +1,10 @@
 """Real services for tests: Redis (embedded and external), gRPC on a loopback port, worker processes.
 
 Every test gets its own key namespace (which is also its RQ queue name), so no test sees another's keys.
+The machine's Redis is used in a database of the suite's own (15 unless SWORDSEC_TEST_REDIS_URL says
+otherwise), and left exactly as the suite found it: every key a test creates is deleted after it, RQ's
+global keys included (rq:queues, rq:workers, jobs, registries), and the session ends by checking that.
+Two suites at once against the same test database would delete each other's keys: don't.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from core.runtime import Runtime
 
 ROOT = Path(__file__).resolve().parent.parent
 CHALLENGE = ROOT / "tests" / "data" / "challenge"  # copied from the project's public challenge data
-EXTERNAL_URL = os.environ.get("SWORDSEC_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+EXTERNAL_URL = os.environ.get("SWORDSEC_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 
 
 def wait_for(predicate, timeout: float = 30.0, interval: float = 0.05, message: str = "condition"):
@@ -41,6 +45,64 @@ def external_redis_available() -> bool:
         return True
     except redis.RedisError:
         return False
+
+
+class Footprint:
+    """What a Redis database held when the suite began: its keys and the members of its sets.
+
+    RQ keeps global sets (rq:queues, rq:workers) that every test's queue and workers join; restoring
+    removes what joined them as well as every key that was not there.
+    """
+
+    def __init__(self, client: redis.Redis):
+        self.client = client
+        self.keys = set(client.scan_iter(count=1000))
+        self.sets = {key: client.smembers(key) for key in self.keys if client.type(key) == b"set"}
+
+    def leftovers(self) -> tuple[set, dict]:
+        now = set(self.client.scan_iter(count=1000))
+        extra_members = {key: self.client.smembers(key) - members for key, members in self.sets.items()
+                         if key in now}
+        return now - self.keys, {key: members for key, members in extra_members.items() if members}
+
+    def restore(self) -> None:
+        keys, members = self.leftovers()
+        for chunk in _chunks(sorted(keys), 500):
+            self.client.delete(*chunk)
+        for key, extra in members.items():
+            self.client.srem(key, *extra)
+
+
+def _chunks(items: list, size: int):
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+@pytest.fixture(scope="session")
+def external_footprint():
+    """The machine's Redis as the suite found it; checked once more when the suite ends."""
+    if not external_redis_available():
+        yield None
+        return
+    client = redis.Redis.from_url(EXTERNAL_URL)
+    footprint = Footprint(client)
+    yield footprint
+    # Workers of the last test may still be writing their final heartbeat: give them a moment, not forever.
+    deadline = time.monotonic() + 10
+    while any(footprint.leftovers()) and time.monotonic() < deadline:
+        footprint.restore()
+        time.sleep(0.2)
+    keys, members = footprint.leftovers()
+    client.close()
+    assert not keys and not members, f"the suite left keys in {EXTERNAL_URL}: {sorted(keys)[:5]} {members}"
+
+
+@pytest.fixture(autouse=True)
+def external_left_as_found(external_footprint):
+    """Every test leaves the machine's Redis as the suite found it, whatever it did there."""
+    yield
+    if external_footprint is not None:
+        external_footprint.restore()
 
 
 @pytest.fixture(scope="session")
