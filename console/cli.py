@@ -10,35 +10,51 @@ import sys
 import threading
 from pathlib import Path
 
+from console.output import EXIT_FAILURE, EXIT_INPUT_REJECTED, EXIT_OK, EXIT_USAGE, setup_logging
 from core.config import Settings
 
-EXIT_OK, EXIT_INPUT_REJECTED, EXIT_USAGE, EXIT_FAILURE = 0, 1, 2, 3
-SUBCOMMANDS = ("send", "health", "worker", "replay")
 
 
 def _env_help(name: str) -> str:
     return f" [env {Settings.ENV[name]}]" if name in Settings.ENV else ""
 
 
+EXIT_CODES = (f"Exit codes: {EXIT_OK} all input accepted; {EXIT_INPUT_REJECTED} some input was rejected or a file "
+              f"was damaged (its valid records were kept); {EXIT_USAGE} bad usage or settings; "
+              f"{EXIT_FAILURE} the pipeline failed (Redis unreachable, port in use, ...).")
+
+
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        return installed("swordsec-console")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """The whole command line: the console's options, and the subcommands as argparse subcommands."""
+    from console import commands
+
     parser = argparse.ArgumentParser(
         prog="swordsec-console",
         description="Collect users from JSON files dropped in a folder into Redis and one merged all_users.json, "
-                    "through gRPC and RQ workers. Other commands: send FILE..., health, worker, replay NAME "
-                    "(see `swordsec-console COMMAND --help`).",
-        epilog=f"Exit codes: {EXIT_OK} all input accepted; {EXIT_INPUT_REJECTED} some input was rejected or a file "
-               f"was damaged (its valid records were kept); {EXIT_USAGE} bad usage or settings; "
-               f"{EXIT_FAILURE} the pipeline failed (Redis unreachable, port in use, ...).",
+                    "through gRPC and RQ workers: the console (a terminal UI), or headless with --no-ui. "
+                    "The commands below talk to a pipeline running elsewhere (see `swordsec-console COMMAND --help`).",
+        epilog=EXIT_CODES,
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     add = parser.add_argument
-    add("--watch", type=Path, help="folder to watch for JSON files (default ./drop)" + _env_help("watch"))
-    add("--data-dir", type=Path, help="where the embedded Redis, quarantine and output live (default ./data)"
+    add("--watch", type=Path, metavar="DIR", help="folder to watch for JSON files (default ./drop)" + _env_help("watch"))
+    add("--data-dir", type=Path, metavar="DIR", help="where the embedded Redis, quarantine and output live (default ./data)"
         + _env_help("data_dir"))
-    add("--output", type=Path, help="merged file (default <data-dir>/all_users.json)" + _env_help("output"))
-    add("--redis-url", help="use this Redis instead of starting an embedded one" + _env_help("redis_url"))
+    add("--output", type=Path, metavar="FILE", help="merged file (default <data-dir>/all_users.json)" + _env_help("output"))
+    add("--redis-url", metavar="URL", help="use this Redis instead of starting an embedded one" + _env_help("redis_url"))
     add("--grpc-listen", metavar="HOST:PORT", help="gRPC listen address (default 127.0.0.1:50051)"
         + _env_help("grpc_listen"))
-    add("--workers", type=int, help="RQ worker processes to run here (default: number of CPUs)"
+    add("--workers", type=int, metavar="N", help="RQ worker processes to run here (default: number of CPUs)"
         + _env_help("workers"))
     add("--merge-key", metavar="FIELD", help="user field that identifies a user (default email)"
         + _env_help("merge_key"))
@@ -52,7 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
     add("--after-merge", choices=("keep", "move", "delete"),
         help="what to do with a merged file: keep it (default), move it to processed/, or delete it"
         + _env_help("after_merge"))
-    add("--batch-size", type=int, help="users per gRPC batch and RQ job (default 1000)" + _env_help("batch_size"))
+    add("--batch-size", type=int, metavar="N", help="users per gRPC batch and RQ job (default 1000)" + _env_help("batch_size"))
+    add("--max-backlog", type=int, metavar="N",
+        help="back-pressure: past N queued jobs the server stops reading streams until workers catch up "
+             "(default 200)" + _env_help("max_backlog"))
     add("--worker-mode", choices=("inline", "fork"),
         help="inline: jobs run in the worker process (default, fastest); fork: a work-horse per job, as RQ's "
              "classic worker" + _env_help("worker_mode"))
@@ -69,33 +88,15 @@ def build_parser() -> argparse.ArgumentParser:
                      + _env_help("max_concurrent_calls"))
     sec.add_argument("--metrics-listen", metavar="HOST:PORT",
                      help="serve Prometheus metrics at http://HOST:PORT/metrics" + _env_help("metrics_listen"))
+    add("--namespace", metavar="NAME", help="prefix of every Redis key, and the RQ queue name (default swordsec); "
+        "pipelines sharing one Redis need different ones" + _env_help("namespace"))
+    commands.register(parser.add_subparsers(title="commands", dest="command", metavar="COMMAND"))
     return parser
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    flags = {k: v for k, v in vars(args).items() if k not in ("no_ui",)}
+    flags = {k: v for k, v in vars(args).items() if k not in ("no_ui", "command")}
     return Settings.build(flags)
-
-
-def setup_logging(log_format: str) -> None:
-    handler = logging.StreamHandler(sys.stdout)
-    if log_format == "json":
-        handler.setFormatter(_JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%S"))
-    root = logging.getLogger("swordsec")
-    root.handlers[:] = [handler]
-    root.setLevel(logging.INFO)
-    root.propagate = False
-
-
-class _JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        import orjson
-
-        body = {"time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"), "level": record.levelname.lower(),
-                "message": record.getMessage(), **getattr(record, "event", {})}
-        return orjson.dumps(body, default=str).decode()
 
 
 def run_headless(settings: Settings) -> int:
@@ -142,11 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     # better. GRPC_VERBOSITY=debug still works for whoever sets it.
     os.environ.setdefault("GRPC_VERBOSITY", "NONE")
     try:
-        if argv and argv[0] in SUBCOMMANDS:
-            from console import commands
-
-            return getattr(commands, argv[0])(argv[1:])
         args = build_parser().parse_args(argv)
+        if args.command:
+            return args.run(args)
         if args.once and not args.no_ui:
             args.no_ui = True
         settings = _settings(args)

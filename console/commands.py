@@ -1,4 +1,8 @@
-"""The subcommands: `send`, `health`, `worker` and `replay`."""
+"""The subcommands: `send`, `health`, `worker` and `replay`.
+
+Each has an `add_<name>` that declares its options on the subparser `register` gives it, and a function of
+the same name that runs it with the parsed arguments; `console.cli.build_parser` builds the one tree.
+"""
 
 from __future__ import annotations
 
@@ -9,20 +13,33 @@ import sys
 import threading
 from pathlib import Path
 
-from console.cli import EXIT_FAILURE, EXIT_INPUT_REJECTED, EXIT_OK, EXIT_USAGE, setup_logging
+from console.output import EXIT_FAILURE, EXIT_INPUT_REJECTED, EXIT_OK, EXIT_USAGE, setup_logging
 
 
-def send(argv: list[str]) -> int:
+def register(subparsers) -> None:
+    """Declare every subcommand on the console's parser."""
+    for name, declare, run in (("send", add_send, send), ("health", add_health, health),
+                               ("worker", add_worker, worker), ("replay", add_replay, replay)):
+        summary = run.__doc__.strip().splitlines()[0]
+        parser = subparsers.add_parser(name, help=summary, description=summary, epilog=_EPILOGS[name])
+        declare(parser)
+        parser.set_defaults(run=run)
+
+
+def add_send(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("files", nargs="+", type=Path, metavar="FILE",
+                        help="JSON array, JSON Lines (.jsonl/.ndjson) or .json files to send, in order")
+    _server_arguments(parser)
+    parser.add_argument("--batch-size", type=int, default=1000, metavar="N",
+                        help="users per gRPC message and RQ job on the server (default 1000)")
+
+
+def send(args: argparse.Namespace) -> int:
     """Stream files to a running server, the way the watcher does, and print what it accepted."""
     import grpc
 
     from core.client import UsersClient
 
-    parser = argparse.ArgumentParser(prog="swordsec-console send", description=send.__doc__)
-    parser.add_argument("files", nargs="+", type=Path, metavar="FILE")
-    _server_arguments(parser)
-    parser.add_argument("--batch-size", type=int, default=1000)
-    args = parser.parse_args(argv)
     code = EXIT_OK
     with UsersClient(args.server, tls_ca=args.tls_ca, token=args.token, server_name=args.tls_server_name) as client:
         try:
@@ -52,16 +69,16 @@ def send(argv: list[str]) -> int:
     return code
 
 
-def health(argv: list[str]) -> int:
+def add_health(parser: argparse.ArgumentParser) -> None:
+    _server_arguments(parser)
+
+
+def health(args: argparse.Namespace) -> int:
     """Ask a running server's gRPC health service whether it is serving (for healthchecks and scripts)."""
     import grpc
 
     from core.client import UsersClient
 
-    parser = argparse.ArgumentParser(prog="swordsec-console health", description=health.__doc__,
-                                     epilog=f"Exit codes: {EXIT_OK} serving; {EXIT_FAILURE} not serving or no answer.")
-    _server_arguments(parser)
-    args = parser.parse_args(argv)
     with UsersClient(args.server, tls_ca=args.tls_ca, token=args.token, server_name=args.tls_server_name) as client:
         try:
             status = client.health(timeout=args.timeout)
@@ -72,11 +89,22 @@ def health(argv: list[str]) -> int:
     return EXIT_OK if status == "SERVING" else EXIT_FAILURE
 
 
+_EPILOGS = {
+    "send": f"Exit codes: {EXIT_OK} every record accepted; {EXIT_INPUT_REJECTED} some records rejected or a file damaged "
+            f"(its valid records were kept); {EXIT_FAILURE} no server, or it refused the stream.",
+    "health": f"Exit codes: {EXIT_OK} serving; {EXIT_FAILURE} not serving or no answer.",
+    "worker": f"Exit codes: {EXIT_OK} stopped by SIGTERM/SIGINT after current jobs; {EXIT_USAGE} bad usage; "
+              f"{EXIT_FAILURE} Redis unreachable.",
+    "replay": f"Exit codes: {EXIT_OK} moved back; {EXIT_USAGE} no such file in quarantine.",
+}
+
+
 def _server_arguments(parser: argparse.ArgumentParser) -> None:
     """How a client command reaches the server: address, timeout, TLS and token."""
-    parser.add_argument("--server", default=os.environ.get("SWORDSEC_SERVER", "127.0.0.1:50051"),
+    parser.add_argument("--server", default=os.environ.get("SWORDSEC_SERVER", "127.0.0.1:50051"), metavar="HOST:PORT",
                         help="gRPC server HOST:PORT (default 127.0.0.1:50051) [env SWORDSEC_SERVER]")
-    parser.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the server to answer")
+    parser.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS",
+                        help="seconds to wait for the server to answer (default 10)")
     parser.add_argument("--tls-ca", type=Path, default=os.environ.get("SWORDSEC_TLS_CA") or None, metavar="PEM",
                         help="use TLS, trusting this CA or self-signed server certificate [env SWORDSEC_TLS_CA]")
     parser.add_argument("--tls-server-name", default=os.environ.get("SWORDSEC_TLS_SERVER_NAME") or None,
@@ -87,13 +115,7 @@ def _server_arguments(parser: argparse.ArgumentParser) -> None:
                              "[env SWORDSEC_TOKEN]")
 
 
-def worker(argv: list[str]) -> int:
-    """Run RQ workers only, for machines that share the console's Redis."""
-    from core.broker import connect, redact
-    from core.events import EventLog
-    from core.supervisor import Supervisor
-
-    parser = argparse.ArgumentParser(prog="swordsec-console worker", description=worker.__doc__)
+def add_worker(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL"),
                         help="the shared Redis (required) [env REDIS_URL]")
     parser.add_argument("--count", type=int, default=int(os.environ.get("SWORDSEC_WORKERS", "1")),
@@ -103,8 +125,16 @@ def worker(argv: list[str]) -> int:
     parser.add_argument("--mode", choices=("inline", "fork"), default=os.environ.get("SWORDSEC_WORKER_MODE", "inline"),
                         help="inline (default) runs jobs in the worker; fork gives each job a work-horse "
                              "[env SWORDSEC_WORKER_MODE]")
-    parser.add_argument("--log-format", choices=("text", "json"), default="text")
-    args = parser.parse_args(argv)
+    parser.add_argument("--log-format", choices=("text", "json"), default=os.environ.get("SWORDSEC_LOG_FORMAT", "text"),
+                        help="log line format (default text) [env SWORDSEC_LOG_FORMAT]")
+
+
+def worker(args: argparse.Namespace) -> int:
+    """Run RQ workers only, for machines that share the console's Redis."""
+    from core.broker import connect, redact
+    from core.events import EventLog
+    from core.supervisor import Supervisor
+
     if not args.redis_url:
         print("worker: give the shared Redis with --redis-url or REDIS_URL", file=sys.stderr)
         return EXIT_USAGE
@@ -130,13 +160,17 @@ def worker(argv: list[str]) -> int:
     return EXIT_OK
 
 
-def replay(argv: list[str]) -> int:
-    """Put a fixed quarantined file back into the watched folder, where it is ingested again."""
-    parser = argparse.ArgumentParser(prog="swordsec-console replay", description=replay.__doc__)
+def add_replay(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("name", help="file name in <data-dir>/quarantine/")
-    parser.add_argument("--data-dir", type=Path, default=Path(os.environ.get("SWORDSEC_DATA_DIR", "data")))
-    parser.add_argument("--watch", type=Path, default=Path(os.environ.get("SWORDSEC_WATCH", "drop")))
-    args = parser.parse_args(argv)
+    parser.add_argument("--data-dir", type=Path, default=Path(os.environ.get("SWORDSEC_DATA_DIR", "data")),
+                        help="the console's data folder, whose quarantine/ holds the file (default ./data) "
+                             "[env SWORDSEC_DATA_DIR]")
+    parser.add_argument("--watch", type=Path, default=Path(os.environ.get("SWORDSEC_WATCH", "drop")),
+                        help="the watched folder the file goes back to (default ./drop) [env SWORDSEC_WATCH]")
+
+
+def replay(args: argparse.Namespace) -> int:
+    """Put a fixed quarantined file back into the watched folder, where it is ingested again."""
     from core.quarantine import replay_file
 
     try:

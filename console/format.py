@@ -14,11 +14,12 @@ STATE_STYLES = {
 
 
 def size(num: float, digits: int = 1) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if num < 1024 or unit == "GB":
+    """Bytes in binary units (KiB = 1,024 bytes), as `ls -h` and `du -h` count them."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if num < 1024 or unit == "GiB":
             return f"{num:.0f} {unit}" if unit == "B" else f"{num:.{digits}f} {unit}"
         num /= 1024
-    return f"{num:.{digits}f} GB"
+    return f"{num:.{digits}f} GiB"
 
 
 def duration(seconds: float | None) -> str:
