@@ -1,0 +1,66 @@
+"""gRPC calls from outside are logged: one line per stream, one per peer per second of unary calls."""
+
+from __future__ import annotations
+
+from concurrent import futures
+
+import grpc
+import pytest
+
+from core.calllog import WATCHER_AGENT, CallLog
+from core.server import Intake, UsersService
+from core.store import Store
+from core.taskqueue import make_queue
+from protobufs import users_pb2, users_pb2_grpc
+from tests.conftest import make_users
+
+
+@pytest.fixture
+def logged_server(connection, namespace):
+    lines = []
+    calllog = CallLog(lambda level, text, **data: lines.append((level, text, data)))
+    server = grpc.server(futures.ThreadPoolExecutor(4), interceptors=[calllog])
+    intake = Intake(Store(connection, namespace), make_queue(connection, namespace), "email", 1000)
+    users_pb2_grpc.add_UsersServicer_to_server(UsersService(intake), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    yield f"127.0.0.1:{port}", lines, calllog
+    server.stop(0).wait()
+    calllog.close()
+
+
+def _request(user: dict) -> users_pb2.UserRequest:
+    return users_pb2.UserRequest(**user)
+
+
+def test_streams_are_one_line_each_with_peer_counts_and_time(logged_server):
+    target, lines, _ = logged_server
+    with grpc.insecure_channel(target) as channel:
+        stub = users_pb2_grpc.UsersStub(channel)
+        users = make_users(30, "log")
+        users[3]["email"] = "x" * 70000  # one rejected
+        stub.SendUserInfoClientStream(iter([_request(u) for u in users]))
+    streams = [text for _, text, data in lines if data.get("rpc") == "SendUserInfoClientStream"]
+    assert len(streams) == 1
+    assert streams[0].startswith("gRPC SendUserInfoClientStream from ipv4:127.0.0.1:")
+    assert ": 29 accepted, 1 rejected in " in streams[0] and streams[0].endswith(" s")
+
+
+def test_unary_calls_are_summed_per_peer_and_window(logged_server):
+    target, lines, calllog = logged_server
+    with grpc.insecure_channel(target) as channel:
+        stub = users_pb2_grpc.UsersStub(channel)
+        for user in make_users(12, "unary"):
+            assert stub.SendUserInfo(_request(user)).status
+        stub.SendUserInfo(users_pb2.UserRequest(email="y" * 70000))
+    calllog.flush()
+    unary = [data for _, _, data in lines if data.get("rpc") == "SendUserInfo"]
+    assert sum(d["accepted"] for d in unary) == 12 and sum(d["rejected"] for d in unary) == 1
+    assert len(unary) <= 3  # a second of calls is one line, not one line per call
+
+
+def test_our_own_watcher_is_not_told_twice(logged_server):
+    target, lines, _ = logged_server
+    with grpc.insecure_channel(target, options=[("grpc.primary_user_agent", WATCHER_AGENT)]) as channel:
+        users_pb2_grpc.UsersStub(channel).SendUserInfoClientStream(iter([_request(u) for u in make_users(3, "w")]))
+    assert not [text for _, text, _ in lines if "ClientStream" in text]
