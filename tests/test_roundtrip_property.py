@@ -95,9 +95,10 @@ def test_any_text_round_trips_through_every_rpc(runtime_factory, users):
 
 
 @settings(FIXTURES, max_examples=40)
-@given(user=st.fixed_dictionaries({"id": INT32, **{name: st.one_of(TEXT, st.just("x" * 70000))
-                                                    for name in USER_FIELDS[1:]}}))
-def test_any_user_request_gets_an_answer_and_an_accepted_one_is_exported(runtime_factory, user):
+@given(user=USER, oversize=st.sampled_from([None] * 8 + list(USER_FIELDS[1:])))
+def test_any_user_request_gets_an_answer_and_an_accepted_one_is_exported(runtime_factory, user, oversize):
+    if oversize:  # now and then one field over the record limit: a clear refusal, not an error
+        user = dict(user, **{oversize: "x" * 70000})
     runtime = _runtime(runtime_factory)
     user = dict(user, email=f"{user['email']}#{uuid.uuid4().hex}")
     with grpc.insecure_channel(f"127.0.0.1:{runtime.server.port}") as channel:
