@@ -244,7 +244,8 @@ class UsersService(users_pb2_grpc.UsersServicer):
                     span = batch_span(batch, len(records), tally.batches, ranges)
                 except (BadBatch, orjson.JSONDecodeError) as error:
                     # Batches before this one are queued and stay (idempotent on a resend); nothing after it is read.
-                    context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"batch {tally.batches}: {error}")
+                    where = "users_json: " if isinstance(error, orjson.JSONDecodeError) else ""
+                    context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"batch {tally.batches}: {where}{error}")
                 report_id = batch.file_id or adhoc
                 if report_id not in attempts:
                     attempts[report_id] = self.intake.store.attempt(report_id)

@@ -24,7 +24,9 @@ give the same bytes, and an export never holds more than a few buckets in memory
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 import tempfile
 import time
 import uuid
@@ -41,6 +43,8 @@ from core.records import merge_key
 EXPORT_USERS = 5000  # users fetched per round trip while exporting, about; memory stays flat at any size
 DRAIN_FLAG_TTL = 60
 STALE = -1  # what merge.lua and push_unary.lua answer for values encoded against a cleared dictionary
+# Fingerprints, adhoc-<hex>, refused-<plain file name>: used as they are (":" separates key parts).
+SAFE_REPORT_ID = re.compile(r"[0-9A-Za-z_][0-9A-Za-z._-]{0,199}")
 MAX_BAD_SAMPLES = 20  # undecodable values named in the export record
 
 
@@ -62,10 +66,17 @@ class Store:
     def key(self, *parts: str) -> str:
         return ":".join((self.ns, *parts))
 
+    def report_key(self, report_id: str, *parts: str) -> str:
+        """The key of a file report (or of its range sets). An id we did not make ourselves (a file name
+        in "refused-<name>", say) never reaches a key as text: "x:done" must not name another report's set."""
+        if not SAFE_REPORT_ID.fullmatch(report_id):
+            report_id = "h-" + hashlib.blake2b(report_id.encode(errors="surrogatepass"), digest_size=16).hexdigest()
+        return self.key("file", report_id, *parts)
+
     def _merge_keys(self, report_id: str, attempt: str = "", blob: str | None = None) -> list[str]:
         return [
-            self.key("version"), self.key("file", report_id), self.key("file", report_id, "done"),
-            self.key("inbox"), self.key("file", report_id, "seen", attempt), blob or self.key("batch", "none"),
+            self.key("version"), self.report_key(report_id), self.report_key(report_id, "done"),
+            self.key("inbox"), self.report_key(report_id, "seen", attempt), blob or self.key("batch", "none"),
             self.key("users", "count"), self.codec.dictionary.keys[2], self.key("inbox", "unreadable"),
             self.key("staged"), self.key("staged", "jobs"),
         ]
@@ -112,7 +123,7 @@ class Store:
     def merge_staged(self, report_id: str, attempt: str, span: str, seq: int, blob: str, key_field: str) -> dict:
         """Merge a staged batch; a retry after it was applied (and its users deleted) changes nothing."""
         data = self.redis.get(blob)
-        if data is None and not self.redis.sismember(self.key("file", report_id, "done"), span):
+        if data is None and not self.redis.sismember(self.report_key(report_id, "done"), span):
             raise RuntimeError(f"the users of batch {span} of {report_id} are missing from {blob}")
         users = orjson.loads(data) if data is not None else []
         return self.merge_batch(report_id, attempt, span, seq, users, key_field, blob=blob)
@@ -205,19 +216,19 @@ class Store:
     def update_report(self, report_id: str, **fields) -> None:
         mapping = {name: _field(value) for name, value in fields.items() if value is not None}
         with self.redis.pipeline() as pipe:
-            pipe.hset(self.key("file", report_id), mapping=mapping)
+            pipe.hset(self.report_key(report_id), mapping=mapping)
             pipe.zadd(self.key("files"), {report_id: time.time()})
             pipe.execute()
 
     def begin_attempt(self, report_id: str, **fields) -> str:
         """Start a new ingest attempt of a file: batches of earlier attempts no longer count towards it."""
         attempt = uuid.uuid4().hex[:12]
-        report = self.key("file", report_id)
+        report = self.report_key(report_id)
         previous = self.redis.hget(report, "attempt")
         mapping = {name: _field(value) for name, value in fields.items() if value is not None}
         with self.redis.pipeline() as pipe:  # one transaction: no batch sees half a new attempt
             if previous:
-                pipe.delete(self.key("file", report_id, "seen", previous.decode()))
+                pipe.delete(self.report_key(report_id, "seen", previous.decode()))
             pipe.hset(report, mapping={**mapping, "attempt": attempt, "batches_done": 0})
             pipe.hdel(report, "batches_total")
             pipe.zadd(self.key("files"), {report_id: time.time()})
@@ -226,7 +237,7 @@ class Store:
 
     def attempt(self, report_id: str) -> str:
         """The report's current attempt; a stream for a report nobody began starts one."""
-        report = self.key("file", report_id)
+        report = self.report_key(report_id)
         self.redis.hsetnx(report, "attempt", uuid.uuid4().hex[:12])
         return self.redis.hget(report, "attempt").decode()
 
@@ -238,11 +249,11 @@ class Store:
                 args += [name, _field(value)]
         self.redis.zadd(self.key("files"), {report_id: time.time()})
         attempt = self.attempt(report_id)
-        keys = [self.key("file", report_id), self.key("file", report_id, "seen", attempt)]
+        keys = [self.report_key(report_id), self.report_key(report_id, "seen", attempt)]
         return bool(self._finish_file(keys=keys, args=args))
 
     def report(self, report_id: str) -> dict:
-        return _decode_report(report_id, self.redis.hgetall(self.key("file", report_id)))
+        return _decode_report(report_id, self.redis.hgetall(self.report_key(report_id)))
 
     def reports(self, limit: int = 500) -> list[dict]:
         """The newest file reports first."""
@@ -253,14 +264,14 @@ class Store:
         """These reports, in one round trip (an unknown id gives just {"id": ...})."""
         with self.redis.pipeline(transaction=False) as pipe:
             for report_id in ids:
-                pipe.hgetall(self.key("file", report_id))
+                pipe.hgetall(self.report_key(report_id))
             rows = pipe.execute()
         return [_decode_report(i, row) for i, row in zip(ids, rows)]
 
     def forget_report(self, report_id: str) -> None:
-        attempt = self.redis.hget(self.key("file", report_id), "attempt")
-        self.redis.delete(self.key("file", report_id), self.key("file", report_id, "done"),
-                          self.key("file", report_id, "seen", attempt.decode() if attempt else ""))
+        attempt = self.redis.hget(self.report_key(report_id), "attempt")
+        self.redis.delete(self.report_key(report_id), self.report_key(report_id, "done"),
+                          self.report_key(report_id, "seen", attempt.decode() if attempt else ""))
         self.redis.zrem(self.key("files"), report_id)
 
     # -- reading users --------------------------------------------------------------------------------

@@ -34,11 +34,6 @@ def batch(users, **fields):
     return users_pb2.UserBatch(users_json=orjson.dumps(users), source="t.json", **fields)
 
 
-def settled(runtime):
-    wait_for(lambda: len(runtime.queue) == 0 and runtime.queue.started_job_registry.count == 0,
-             message="every job done")
-
-
 def test_batches_that_leave_first_record_at_zero_without_a_file_id_are_all_merged(send):
     """The issue's case: three batches of 2 users, index 0, 1, 2, first_record 0 -> 6 users, report merged."""
     users = make_users(6, "zero")
@@ -82,21 +77,21 @@ def test_a_range_past_the_limit_is_invalid_argument(send):
 
 def test_a_resend_skips_ranges_already_merged_and_counts_rejected_records_in_the_range(send):
     """Records 0-9 of a file: batch [0, 5) holds 4 users (the client dropped one), batch [5, 10) 5 users."""
-    runtime, store = send.runtime, send.runtime.store
+    store = send.runtime.store
     users = make_users(9, "resend")
     first = [batch(users[:4], file_id=FILE_ID, first_record=0, record_count=5),
              batch(users[4:], file_id=FILE_ID, first_record=5, index=1)]
     assert send(first).accepted == 9
     store.finish_report(FILE_ID, 2, state="queued")
-    settled(runtime)
-    assert store.count() == 9 and store.report(FILE_ID)["state"] == "merged"
+    wait_for(lambda: store.report(FILE_ID)["state"] == "merged", message="first send merged")
+    assert store.count() == 9
     assert sorted(m.decode() for m in store.redis.smembers(store.key("file", FILE_ID, "done"))) == ["0:5", "5:5"]
     store.begin_attempt(FILE_ID, state="streaming")
     changed = [dict(u, first_name="Changed") for u in users]
     assert send([batch(changed[:4], file_id=FILE_ID, first_record=0, record_count=5),
                  batch(changed[4:], file_id=FILE_ID, first_record=5)]).accepted == 9
     store.finish_report(FILE_ID, 2, state="queued")
-    settled(runtime)
+    wait_for(lambda: store.report(FILE_ID)["state"] == "merged", message="resend counted")
     report = store.report(FILE_ID)
     assert report["state"] == "merged" and report["batches_done"] == 2
     assert {u["first_name"] for u in store.users_page(0, 20)} == {f"First{i}" for i in range(9)}

@@ -285,3 +285,15 @@ def test_export_threads_end_with_the_walk(connection, namespace):
     next(walk)
     walk.close()
     assert not [t for t in threading.enumerate() if t.name.startswith("export-fetch")]
+
+
+def test_a_report_id_made_from_a_file_name_cannot_name_another_reports_keys(connection, namespace):
+    """The watcher files a refused symlink as "refused-<name>": a name like "x:done" must stay its own report."""
+    store = Store(connection, namespace)
+    store.update_report("refused-x", name="x", state="rejected")
+    store.update_report("refused-x:done", name="x:done", state="rejected")
+    assert store.report("refused-x")["name"] == "x" and store.report("refused-x:done")["name"] == "x:done"
+    assert connection.type(store.key("file", "refused-x", "done")) == b"none"
+    assert {r["id"] for r in store.reports()} == {"refused-x", "refused-x:done"}
+    store.forget_report("refused-x:done")
+    assert [r["id"] for r in store.reports()] == ["refused-x"]
