@@ -297,3 +297,18 @@ def test_a_report_id_made_from_a_file_name_cannot_name_another_reports_keys(conn
     assert {r["id"] for r in store.reports()} == {"refused-x", "refused-x:done"}
     store.forget_report("refused-x:done")
     assert [r["id"] for r in store.reports()] == ["refused-x"]
+
+
+@pytest.mark.parametrize("key", ["staged", "staged:jobs", "file:f:done", "file:f", "users:count"])
+def test_any_key_of_the_wrong_type_stops_a_merge_before_its_first_write(connection, namespace, key):
+    store = Store(connection, namespace)
+    attempt = store.begin_attempt("f", state="streaming")
+    seq, blob = store.stage_batch(make_users(3, "typed"))
+    connection.delete(f"{namespace}:{key}")
+    connection.rpush(f"{namespace}:{key}", "wrong type")
+    with pytest.raises(redis.ResponseError):
+        store.merge_staged("f", attempt, "0:3", seq, blob, "email")
+    assert connection.exists(blob), "the staged users stay for the retry"
+    assert key == "users:count" or store.count() == 0
+    assert connection.type(store.key("file", "f", "done")) in (b"none", b"list")
+    assert not connection.exists(store.key("version"))

@@ -98,6 +98,8 @@ local skipped = 0
 if mode == 'batch' then
   expect(applied, 'set')
   expect(KEYS[5], 'set')
+  expect(KEYS[10], 'zset')
+  expect(KEYS[11], 'hash')
   if redis.call('SISMEMBER', applied, ARGV[2]) == 1 then
     skipped = 1
     users = {}
