@@ -66,6 +66,10 @@ def diagnose(snap, settings) -> list[Problem]:
                                          f"all_users.json{first}",
                                 "every other user is still exported; send those users again (a newer record "
                                 "replaces the damaged value), or delete the value from its users:<bucket> hash"))
+    if snap.unreadable_inbox:
+        problems.append(Problem("warning", f"{snap.unreadable_inbox} inbox item(s) could not be read and were set "
+                                           f"aside, not merged", "they were not written by this release; read them "
+                                "with redis-cli LRANGE <namespace>:inbox:unreadable 0 -1, then DEL the list"))
     damaged = [f for f in snap.files if f.get("state") == "rejected"]
     if damaged:
         problems.append(Problem("warning", f"{len(damaged)} file(s) rejected",

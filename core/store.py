@@ -278,6 +278,10 @@ class Store:
     def count(self) -> int:
         return int(self.redis.get(self.key("users", "count")) or 0)
 
+    def unreadable_inbox(self) -> int:
+        """Inbox items no drain could parse (set aside in inbox:unreadable, never merged)."""
+        return int(self.redis.llen(self.key("inbox", "unreadable")))
+
     def version(self) -> int:
         return int(self.redis.get(self.key("version")) or 0)
 

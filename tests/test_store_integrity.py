@@ -71,7 +71,11 @@ def test_an_inbox_item_no_release_wrote_is_set_aside_not_merged_and_not_blocking
     store.push_unary(make_users(1, "fine")[0], "email")
     assert store.drain_inbox() == 3
     assert [u["email"] for u in exported(store)] == ["fine0@example.org"]
-    assert connection.llen(store.key("inbox", "unreadable")) == 2
+    assert connection.llen(store.key("inbox", "unreadable")) == 2 == store.unreadable_inbox()
+    from core.snapshot import RedisInfo, Snapshot
+
+    snap = Snapshot(taken_at=0, redis=RedisInfo("x", True, True), grpc=None, watcher=None, unreadable_inbox=2)
+    assert [p for p in diagnose(snap, None) if "2 inbox item(s)" in p.what]
 
 
 # -- the exporter cannot die quietly ---------------------------------------------------------------------
