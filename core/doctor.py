@@ -58,6 +58,18 @@ def diagnose(snap, settings) -> list[Problem]:
     if watcher is not None and watcher.paused and watcher.waiting:
         problems.append(Problem("warning", f"watcher paused with {watcher.waiting} file(s) waiting",
                                 "press p to resume"))
+    undecodable = (snap.export or {}).get("undecodable", 0)
+    if undecodable:
+        bad = (snap.export.get("bad") or [{}])[0]
+        first = f" (first: merge key {bad['key']!r}: {bad['reason']})" if bad else ""
+        problems.append(Problem("error", f"{undecodable} stored user value(s) cannot be decoded and are left out of "
+                                         f"all_users.json{first}",
+                                "every other user is still exported; send those users again (a newer record "
+                                "replaces the damaged value), or delete the value from its users:<bucket> hash"))
+    if snap.unreadable_inbox:
+        problems.append(Problem("warning", f"{snap.unreadable_inbox} inbox item(s) could not be read and were set "
+                                           f"aside, not merged", "they were not written by this release; read them "
+                                "with redis-cli LRANGE <namespace>:inbox:unreadable 0 -1, then DEL the list"))
     damaged = [f for f in snap.files if f.get("state") == "rejected"]
     if damaged:
         problems.append(Problem("warning", f"{len(damaged)} file(s) rejected",

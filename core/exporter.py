@@ -1,4 +1,9 @@
-"""Keeps all_users.json in step with the store: soon after merges stop, and at a bounded rate meanwhile."""
+"""Keeps all_users.json in step with the store: soon after merges stop, and at a bounded rate meanwhile.
+
+The thread never dies quietly: any failure is one error line and the next round tries again. A stored
+value that cannot be decoded is left out of the file (every other user is still written), counted in
+the export record (the doctor and /metrics show it) and logged once per process.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +13,12 @@ from pathlib import Path
 
 import redis
 
+from core.staging import STAGED_GRACE, sweep_staged
 from core.store import Store
 
 SETTLE = 0.2
+SWEEP_INTERVAL = STAGED_GRACE / 2
+LOGGED_BAD = 1000  # undecodable keys remembered as already logged (bounded)
 
 
 class Exporter:
@@ -22,6 +30,7 @@ class Exporter:
         self.last: dict = {}
         self.last_seconds = 0.0
         self._written_version = -1
+        self._logged_bad: set[str] = set()
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -45,16 +54,45 @@ class Exporter:
             self.last = self.store.export(self.path)
             self.last_seconds = time.monotonic() - started
             self._written_version = self.last["version"]
+            self._tell_bad(self.last)
             return self.last
 
+    def _tell_bad(self, info: dict) -> None:
+        fresh = [b for b in info.get("bad", []) if b["key"] not in self._logged_bad]
+        if not fresh:
+            return
+        if len(self._logged_bad) + len(fresh) > LOGGED_BAD:
+            self._logged_bad.clear()
+        self._logged_bad.update(b["key"] for b in fresh)
+        first = fresh[0]
+        self.on_event("error", f"{info['undecodable']} stored user value(s) cannot be decoded and are left out of "
+                               f"{self.path.name} (first: merge key {first['key']!r}: {first['reason']}); "
+                               f"every other user is written")
+
     def _run(self) -> None:
-        seen, changed_at, written_at = -1, 0.0, 0.0
+        failing = ""
+        while not self._stop.is_set():
+            try:
+                self._loop()
+            except Exception as error:  # a bug or a surprise: one line per kind of failure, then go on
+                text = f"exporter: {type(error).__name__}: {error}"
+                if text != failing:
+                    self.on_event("error", text)
+                failing = text
+                self._stop.wait(1.0)
+
+    def _loop(self) -> None:
+        seen, changed_at, written_at, swept_at = -1, 0.0, 0.0, 0.0
         while not self._stop.wait(0.1):
             try:
                 version = self.store.version()
             except redis.RedisError:
                 continue
             now = time.monotonic()
+            if now - swept_at >= SWEEP_INTERVAL:
+                swept_at = now
+                if swept := sweep_staged(self.store):
+                    self.on_event("info", f"deleted {swept} staged batch(es) whose job is gone")
             if version != seen:
                 seen, changed_at = version, now
             if version == self._written_version:

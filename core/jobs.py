@@ -37,9 +37,10 @@ def merge_batch(batch: dict) -> dict:
 
     Args:
         batch (dict): ``namespace``, ``report`` (file report id), ``attempt`` (ingest attempt of the
-            report), ``span`` (record range "first:count" inside the source), ``seq`` (ingest sequence
-            of the first user), ``key`` (merge key field) and ``blob`` (the Redis key where the server
-            staged the normalised users; see Store.stage_batch).
+            report), ``span`` (the batch's identity in its report: a file's record range "first:count",
+            see UserBatch in protobufs/users.proto, or the batch's ordinal in an ad-hoc stream),
+            ``seq`` (ingest sequence of the first user), ``key`` (merge key field) and ``blob`` (the
+            Redis key where the server staged the normalised users; see Store.stage_batch).
 
     Returns:
         dict: Counts of ``new``, ``updated`` and ``duplicate`` users, and ``already_merged`` when a

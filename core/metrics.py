@@ -113,6 +113,10 @@ class RuntimeCollector(Collector):
             age = GaugeMetricFamily("swordsec_export_age_seconds", "Seconds since all_users.json was last written")
             age.add_metric([], max(0.0, time.time() - export["written_at"]))
             yield age
+            bad = GaugeMetricFamily("swordsec_users_undecodable",
+                                    "Stored user values the last export could not decode and left out")
+            bad.add_metric([], export.get("undecodable", 0))
+            yield bad
 
 
 class MetricsServer:

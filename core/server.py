@@ -6,7 +6,9 @@ the inbox that a drain job empties. Health and reflection are registered; stop()
 
 from __future__ import annotations
 
+import bisect
 import contextlib
+import re
 import threading
 import time
 import uuid
@@ -28,6 +30,67 @@ SERVICE_NAME = users_pb2.DESCRIPTOR.services_by_name["Users"].full_name
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 MAX_REASONS = 20
 PB_FIELDS = tuple(f.name for f in users_pb2.UserRequest.DESCRIPTOR.fields)
+# A file_id is ours when it is what the watcher makes (core.dropfiles.fingerprint): 32 lowercase hex digits.
+FILE_ID = re.compile(r"[0-9a-f]{32}")
+RECORD_LIMIT = 2**63  # a range must end below this (it is stored and compared as a number)
+
+
+class BadBatch(ValueError):
+    """A batch that breaks the identity contract of protobufs/users.proto; the call ends INVALID_ARGUMENT."""
+
+
+class Ranges:
+    """The record ranges one stream sent for one file: a new one must not overlap any of them.
+
+    Kept as disjoint sorted intervals, merged when they touch, so a stream sent in order holds one.
+    An empty range (a batch whose records were all rejected by the client) overlaps nothing, but the
+    same empty range twice would be one batch identity sent twice.
+    """
+
+    def __init__(self):
+        self.starts: list[int] = []
+        self.ends: list[int] = []
+        self.empty: set[int] = set()
+
+    def add(self, start: int, end: int) -> None:
+        if start == end:
+            if start in self.empty:
+                raise BadBatch(f"record range {start}:0 was already sent in this stream")
+            self.empty.add(start)
+            return
+        i = bisect.bisect_right(self.starts, start)
+        if (i and self.ends[i - 1] > start) or (i < len(self.starts) and self.starts[i] < end):
+            raise BadBatch(f"record range {start}:{end - start} overlaps a range already sent in this stream")
+        if i and self.ends[i - 1] == start:  # touches the one before: extend it
+            self.ends[i - 1] = end
+            i -= 1
+        else:
+            self.starts.insert(i, start)
+            self.ends.insert(i, end)
+        if i + 1 < len(self.starts) and self.starts[i + 1] == self.ends[i]:  # and now the one after
+            self.ends[i] = self.ends.pop(i + 1)
+            self.starts.pop(i + 1)
+
+
+def batch_span(batch, records: int, ordinal: int, ranges: dict[str, Ranges]) -> str:
+    """The batch's identity inside its report, or BadBatch (see UserBatch in protobufs/users.proto).
+
+    With a file_id: its record range "first:count", checked against the ranges this stream sent.
+    Without: a batch of its own stream (the report is the stream's), so it is never taken for another.
+    """
+    if batch.file_id and not FILE_ID.fullmatch(batch.file_id):
+        raise BadBatch(f"file_id {batch.file_id[:80]!r} is not a file fingerprint (32 lowercase hex digits); "
+                       f"leave it empty for an ad-hoc send")
+    covered = batch.record_count or records
+    if covered < records:
+        raise BadBatch(f"record_count {covered} is less than the {records} records the batch holds")
+    start, end = batch.first_record, batch.first_record + covered
+    if end >= RECORD_LIMIT:
+        raise BadBatch(f"record range {start}:{covered} ends past {RECORD_LIMIT}")
+    if not batch.file_id:
+        return f"{ordinal}:{start}:{covered}"
+    ranges.setdefault(batch.file_id, Ranges()).add(start, end)
+    return f"{start}:{covered}"
 
 
 def user_from_pb(message: users_pb2.UserRequest) -> dict:
@@ -61,12 +124,13 @@ class Intake:
                 report.reject(first_record + offset, str(error))
         return users
 
-    def enqueue(self, report_id: str, attempt: str, source: str, first_record: int, users: list[dict]) -> None:
+    def enqueue(self, report_id: str, attempt: str, source: str, span: str, users: list[dict]) -> None:
         """One job per batch, even an empty one (all rejected): the file's batch tally must complete."""
         seq, blob = self.store.stage_batch(users)
-        enqueue_batch(self.queue, {"namespace": self.store.ns, "report": report_id, "attempt": attempt,
-                                   "span": f"{first_record}:{len(users)}", "seq": seq, "key": self.key_field,
-                                   "source": source, "blob": blob, "count": len(users)})
+        job = enqueue_batch(self.queue, {"namespace": self.store.ns, "report": report_id, "attempt": attempt,
+                                         "span": span, "seq": seq, "key": self.key_field, "source": source,
+                                         "blob": blob, "count": len(users)})
+        self.store.track_staged(blob, job.id)
 
     def unary(self, user: dict) -> None:
         if self.store.push_unary(user, self.key_field):
@@ -157,7 +221,8 @@ class UsersService(users_pb2_grpc.UsersServicer):
         return users_pb2.UserResponse(status=tally.rejected == 0, message=tally.message())
 
     def _flush(self, report_id: str, attempt: str, first: int, tally: Tally, pending: list[dict]) -> None:
-        self.intake.enqueue(report_id, attempt, "client stream", first, list(pending))
+        # The stream's own report: the batch ordinal alone keeps every batch distinct.
+        self.intake.enqueue(report_id, attempt, "client stream", f"{tally.batches}:{first}", list(pending))
         tally.accepted += len(pending)
         tally.batches += 1
         pending.clear()
@@ -166,21 +231,27 @@ class UsersService(users_pb2_grpc.UsersServicer):
         tally = Tally()
         adhoc = "adhoc-" + uuid.uuid4().hex
         attempts: dict[str, str] = {}
+        ranges: dict[str, Ranges] = {}
         with self._call(context, True, tally):
             for batch in request_iterator:
+                records: list = [user_from_pb(u) for u in batch.users]
+                try:
+                    if batch.users_json:
+                        extra = orjson.loads(batch.users_json)
+                        if not isinstance(extra, list):
+                            raise BadBatch("users_json is not a JSON array")
+                        records.extend(extra)
+                    span = batch_span(batch, len(records), tally.batches, ranges)
+                except (BadBatch, orjson.JSONDecodeError) as error:
+                    # Batches before this one are queued and stay (idempotent on a resend); nothing after it is read.
+                    where = "users_json: " if isinstance(error, orjson.JSONDecodeError) else ""
+                    context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"batch {tally.batches}: {where}{error}")
                 report_id = batch.file_id or adhoc
                 if report_id not in attempts:
                     attempts[report_id] = self.intake.store.attempt(report_id)
-                records: list = [user_from_pb(u) for u in batch.users]
-                if batch.users_json:
-                    try:
-                        records.extend(orjson.loads(batch.users_json))
-                    except orjson.JSONDecodeError as error:
-                        context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"batch {batch.index}: users_json: {error}")
                 users = self.intake.validate(records, batch.first_record, tally)
                 self.intake.hold(context)
-                self.intake.enqueue(report_id, attempts[report_id], batch.source or "stream", batch.first_record,
-                                    users)
+                self.intake.enqueue(report_id, attempts[report_id], batch.source or "stream", span, users)
                 tally.accepted += len(users)
                 tally.batches += 1
             if adhoc in attempts:

@@ -78,6 +78,7 @@ class Snapshot:
     export: dict = field(default_factory=dict)
     output_path: str = ""
     failed: tuple[FailedJob, ...] = ()
+    unreadable_inbox: int = 0
     problems: tuple[Problem, ...] = ()
     events: tuple[Event, ...] = ()
 

@@ -100,6 +100,7 @@ def _collect(runtime, history: History, now: float) -> Snapshot:
         users = runtime.store.count()
         files = tuple(runtime.store.reports(limit=500))
         export = runtime.store.last_export()
+        unreadable = runtime.store.unreadable_inbox()
         failed = _failed_jobs(queue, history)
     except redis.RedisError as error:
         broken = RedisInfo(redis_info.url, redis_info.embedded, False, error=str(error))
@@ -113,7 +114,7 @@ def _collect(runtime, history: History, now: float) -> Snapshot:
         taken_at=now, redis=redis_info, grpc=grpc, watcher=watcher, workers=workers, desired_workers=desired,
         queue=counts, users=users, users_rate=users_rate, rate_history=rates, jobs_rate=jobs_rate,
         backlog=backlog, backlog_trend=trend, eta=eta, files=files, export=export,
-        output_path=str(runtime.settings.output_path), failed=failed, events=events,
+        output_path=str(runtime.settings.output_path), failed=failed, events=events, unreadable_inbox=unreadable,
     )
     return _with_problems(snap, runtime)
 

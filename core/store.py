@@ -6,9 +6,14 @@ Key layout (all under the namespace, default "swordsec"):
   dict          hash  repeated string -> index; dict:list the strings by index; dict:epoch its token
   version       int   bumped whenever a merge changes a user
   seq           int   ingest sequence counter
-  inbox         list  unary users waiting for a drain job; inbox:pending is set while one is queued
-  batch:<uuid>  str   a batch's users staged for its merge job, deleted by the merge that applies them
-  file:<id>     hash  one file's report; file:<id>:done holds the record ranges already merged,
+  inbox         list  unary users waiting for a drain job, each a msgpack array (push_unary.lua);
+                      inbox:pending is set while one is queued; inbox:unreadable holds items no drain
+                      could parse (none are ever written by this release)
+  batch:<uuid>  str   a batch's users staged for its merge job, deleted by the merge that applies them;
+                      staged (zset: blob -> staged at) and staged:jobs (hash: blob -> job id) let a
+                      sweep delete the blobs whose job is gone (core/staging.py)
+  merge-key     str   the user field this store merges by; another one is refused (MergeKeyMismatch)
+  file:<id>     hash  one file's report (id: a 32-hex content fingerprint, or one the server made); file:<id>:done holds the record ranges already merged,
                       file:<id>:seen:<attempt> the ranges the current ingest attempt has counted
   files         zset  file id -> last update time (the ledger index, newest first)
   export        hash  what the last all_users.json write held
@@ -19,7 +24,9 @@ give the same bytes, and an export never holds more than a few buckets in memory
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 import tempfile
 import time
 import uuid
@@ -30,11 +37,19 @@ import orjson
 import redis
 
 from core.codec import BUCKETS, Codec, Dictionary, StaleDictionary, bucket_of, lua
+from core.config import ConfigError
 from core.records import merge_key
 
 EXPORT_USERS = 5000  # users fetched per round trip while exporting, about; memory stays flat at any size
 DRAIN_FLAG_TTL = 60
 STALE = -1  # what merge.lua and push_unary.lua answer for values encoded against a cleared dictionary
+# Fingerprints, adhoc-<hex>, refused-<plain file name>: used as they are (":" separates key parts).
+SAFE_REPORT_ID = re.compile(r"[0-9A-Za-z_][0-9A-Za-z._-]{0,199}")
+MAX_BAD_SAMPLES = 20  # undecodable values named in the export record
+
+
+class MergeKeyMismatch(ConfigError):
+    """The store was built with another merge key; merging by this one would duplicate users."""
 
 
 class Store:
@@ -51,11 +66,19 @@ class Store:
     def key(self, *parts: str) -> str:
         return ":".join((self.ns, *parts))
 
+    def report_key(self, report_id: str, *parts: str) -> str:
+        """The key of a file report (or of its range sets). An id we did not make ourselves (a file name
+        in "refused-<name>", say) never reaches a key as text: "x:done" must not name another report's set."""
+        if not SAFE_REPORT_ID.fullmatch(report_id):
+            report_id = "h-" + hashlib.blake2b(report_id.encode(errors="surrogatepass"), digest_size=16).hexdigest()
+        return self.key("file", report_id, *parts)
+
     def _merge_keys(self, report_id: str, attempt: str = "", blob: str | None = None) -> list[str]:
         return [
-            self.key("version"), self.key("file", report_id), self.key("file", report_id, "done"),
-            self.key("inbox"), self.key("file", report_id, "seen", attempt), blob or self.key("batch", "none"),
-            self.key("users", "count"), self.codec.dictionary.keys[2],
+            self.key("version"), self.report_key(report_id), self.report_key(report_id, "done"),
+            self.key("inbox"), self.report_key(report_id, "seen", attempt), blob or self.key("batch", "none"),
+            self.key("users", "count"), self.codec.dictionary.keys[2], self.key("inbox", "unreadable"),
+            self.key("staged"), self.key("staged", "jobs"),
         ]
 
     # -- writing users -------------------------------------------------------------------------------
@@ -70,16 +93,37 @@ class Store:
         as its result lives, while a staged batch is deleted by the merge that applies it.
         """
         blob = self.key("batch", uuid.uuid4().hex)
-        with self.redis.pipeline(transaction=False) as pipe:
+        with self.redis.pipeline(transaction=True) as pipe:
             pipe.incrby(self.key("seq"), max(1, len(users)))
             pipe.set(blob, orjson.dumps(users))
-            last, _ = pipe.execute()
+            pipe.zadd(self.key("staged"), {blob: time.time()})
+            last, *_ = pipe.execute()
         return int(last) - max(1, len(users)) + 1, blob
+
+    def track_staged(self, blob: str, job_id: str) -> None:
+        """Remember which job carries a staged batch, so the blob goes when the job does (core/staging.py)."""
+        self.redis.hset(self.key("staged", "jobs"), blob, job_id)
+
+    def staged_older_than(self, seconds: float, limit: int = 1000) -> list[tuple[str, str | None]]:
+        """Staged batches waiting longer than `seconds`, each with its job id (None: never enqueued)."""
+        blobs = self.redis.zrangebyscore(self.key("staged"), "-inf", time.time() - seconds, start=0, num=limit)
+        if not blobs:
+            return []
+        jobs = self.redis.hmget(self.key("staged", "jobs"), blobs)
+        return [(b.decode(), j.decode() if j is not None else None) for b, j in zip(blobs, jobs)]
+
+    def drop_staged(self, blobs: list[str]) -> None:
+        if blobs:
+            with self.redis.pipeline(transaction=True) as pipe:
+                pipe.delete(*blobs)
+                pipe.zrem(self.key("staged"), *blobs)
+                pipe.hdel(self.key("staged", "jobs"), *blobs)
+                pipe.execute()
 
     def merge_staged(self, report_id: str, attempt: str, span: str, seq: int, blob: str, key_field: str) -> dict:
         """Merge a staged batch; a retry after it was applied (and its users deleted) changes nothing."""
         data = self.redis.get(blob)
-        if data is None and not self.redis.sismember(self.key("file", report_id, "done"), span):
+        if data is None and not self.redis.sismember(self.report_key(report_id, "done"), span):
             raise RuntimeError(f"the users of batch {span} of {report_id} are missing from {blob}")
         users = orjson.loads(data) if data is not None else []
         return self.merge_batch(report_id, attempt, span, seq, users, key_field, blob=blob)
@@ -130,11 +174,27 @@ class Store:
         self.redis.delete(self.key("inbox", "pending"))
         return int(self._merge(keys=self._merge_keys("unary"), args=["drain", limit, "", "", self.bucket_prefix])[3])
 
+    def claim_merge_key(self, key_field: str) -> None:
+        """Record the merge key of a new store, or refuse one that differs from the recorded key.
+
+        Users merged by email and then by id would be kept twice, under two keys each. A store from
+        before the key was recorded adopts the key it is first started with.
+        """
+        self.redis.set(self.key("merge-key"), key_field, nx=True)
+        recorded = (self.redis.get(self.key("merge-key")) or b"").decode()
+        if recorded != key_field:
+            raise MergeKeyMismatch(
+                f"the store in Redis namespace {self.ns!r} merges users by {recorded!r}, not {key_field!r}: "
+                f"start with --merge-key {recorded}, or rebuild by {key_field!r} with a new --namespace "
+                f"(or after deleting the keys {self.ns}:*) and dropping the source files again")
+
     def upgrade_layout(self, key_field: str) -> int:
-        """Move users kept in the first layout (one big hash) into the buckets; returns how many moved.
+        """Check the merge key (claim_merge_key), then move users kept in the first layout (one big hash)
+        into the buckets; returns how many moved.
 
         Safe to interrupt: the old keys go only at the end, and moving a user twice changes nothing.
         """
+        self.claim_merge_key(key_field)
         legacy, rev = self.key("users"), self.key("users", "rev")
         if self.redis.type(legacy) != b"hash":
             return 0
@@ -156,19 +216,19 @@ class Store:
     def update_report(self, report_id: str, **fields) -> None:
         mapping = {name: _field(value) for name, value in fields.items() if value is not None}
         with self.redis.pipeline() as pipe:
-            pipe.hset(self.key("file", report_id), mapping=mapping)
+            pipe.hset(self.report_key(report_id), mapping=mapping)
             pipe.zadd(self.key("files"), {report_id: time.time()})
             pipe.execute()
 
     def begin_attempt(self, report_id: str, **fields) -> str:
         """Start a new ingest attempt of a file: batches of earlier attempts no longer count towards it."""
         attempt = uuid.uuid4().hex[:12]
-        report = self.key("file", report_id)
+        report = self.report_key(report_id)
         previous = self.redis.hget(report, "attempt")
         mapping = {name: _field(value) for name, value in fields.items() if value is not None}
         with self.redis.pipeline() as pipe:  # one transaction: no batch sees half a new attempt
             if previous:
-                pipe.delete(self.key("file", report_id, "seen", previous.decode()))
+                pipe.delete(self.report_key(report_id, "seen", previous.decode()))
             pipe.hset(report, mapping={**mapping, "attempt": attempt, "batches_done": 0})
             pipe.hdel(report, "batches_total")
             pipe.zadd(self.key("files"), {report_id: time.time()})
@@ -177,7 +237,7 @@ class Store:
 
     def attempt(self, report_id: str) -> str:
         """The report's current attempt; a stream for a report nobody began starts one."""
-        report = self.key("file", report_id)
+        report = self.report_key(report_id)
         self.redis.hsetnx(report, "attempt", uuid.uuid4().hex[:12])
         return self.redis.hget(report, "attempt").decode()
 
@@ -189,11 +249,11 @@ class Store:
                 args += [name, _field(value)]
         self.redis.zadd(self.key("files"), {report_id: time.time()})
         attempt = self.attempt(report_id)
-        keys = [self.key("file", report_id), self.key("file", report_id, "seen", attempt)]
+        keys = [self.report_key(report_id), self.report_key(report_id, "seen", attempt)]
         return bool(self._finish_file(keys=keys, args=args))
 
     def report(self, report_id: str) -> dict:
-        return _decode_report(report_id, self.redis.hgetall(self.key("file", report_id)))
+        return _decode_report(report_id, self.redis.hgetall(self.report_key(report_id)))
 
     def reports(self, limit: int = 500) -> list[dict]:
         """The newest file reports first."""
@@ -204,72 +264,111 @@ class Store:
         """These reports, in one round trip (an unknown id gives just {"id": ...})."""
         with self.redis.pipeline(transaction=False) as pipe:
             for report_id in ids:
-                pipe.hgetall(self.key("file", report_id))
+                pipe.hgetall(self.report_key(report_id))
             rows = pipe.execute()
         return [_decode_report(i, row) for i, row in zip(ids, rows)]
 
     def forget_report(self, report_id: str) -> None:
-        attempt = self.redis.hget(self.key("file", report_id), "attempt")
-        self.redis.delete(self.key("file", report_id), self.key("file", report_id, "done"),
-                          self.key("file", report_id, "seen", attempt.decode() if attempt else ""))
+        attempt = self.redis.hget(self.report_key(report_id), "attempt")
+        self.redis.delete(self.report_key(report_id), self.report_key(report_id, "done"),
+                          self.report_key(report_id, "seen", attempt.decode() if attempt else ""))
         self.redis.zrem(self.key("files"), report_id)
 
     # -- reading users --------------------------------------------------------------------------------
     def count(self) -> int:
         return int(self.redis.get(self.key("users", "count")) or 0)
 
+    def unreadable_inbox(self) -> int:
+        """Inbox items no drain could parse (set aside in inbox:unreadable, never merged)."""
+        return int(self.redis.llen(self.key("inbox", "unreadable")))
+
     def version(self) -> int:
         return int(self.redis.get(self.key("version")) or 0)
 
-    def iter_users(self, chunk: int = EXPORT_USERS):
+    def iter_users(self, chunk: int = EXPORT_USERS, on_bad=None):
         """Yield each user as JSON (bytes) in export order, about `chunk` users per round trip (flat memory).
 
         A bucket is read whole in one step, and a user never changes bucket, so a merge landing during
         the walk can neither repeat a user nor hide one that was there before it began. The next chunk
         is fetched while this one is decoded: Redis's half of an export then overlaps ours.
+        A stored value that cannot be decoded is skipped and told to on_bad(merge key, reason).
+        A namespace cleared during the walk raises StaleDictionary: the new users' indexes must never
+        be read with the old strings, and the next export starts over.
         """
-        self.codec.dictionary.sync()
+        dictionary = self.codec.dictionary
+        dictionary.sync()
+        epoch = dictionary.epoch
+        walk = [self.bucket_prefix, BUCKETS, 0, 0, chunk, dictionary.keys[2]]
         with ThreadPoolExecutor(1, thread_name_prefix="export-fetch") as fetcher:
-            pending = fetcher.submit(self._walk, args=[self.bucket_prefix, BUCKETS, 0, 0, chunk])
+            pending = fetcher.submit(self._walk, args=walk)
             while pending is not None:
-                bucket, _, *found = pending.result()
-                pending = (fetcher.submit(self._walk, args=[self.bucket_prefix, BUCKETS, bucket, 0, chunk])
+                bucket, _, stored_epoch, *found = pending.result()
+                epoch = _same_epoch(epoch, stored_epoch.decode())
+                pending = (fetcher.submit(self._walk, args=[*walk[:2], bucket, *walk[3:]])
                            if bucket < BUCKETS else None)
-                for flat in found:
-                    for user in self._decode_bucket(flat):
+                decoded = [self._decode_bucket(flat, on_bad) for flat in found]
+                _same_epoch(epoch, dictionary.epoch)
+                for users in decoded:
+                    for user in users:
                         yield orjson.dumps(user)
 
     def users_page(self, start: int, count: int) -> list[dict]:
-        """`count` users from position `start` of the export order."""
+        """`count` users from position `start` of the export order (an undecodable value is left out)."""
         self.codec.dictionary.sync()
-        _, skip, *found = self._walk(args=[self.bucket_prefix, BUCKETS, 0, start, count])
-        users = [user for flat in found for user in self._decode_bucket(flat)]
+        _, skip, _, *found = self._walk(args=[self.bucket_prefix, BUCKETS, 0, start, count,
+                                              self.codec.dictionary.keys[2]])
+        users = [user for flat in found for user in self._decode_bucket(flat, lambda key, reason: None)]
         return users[skip:skip + count]
 
-    def _decode_bucket(self, flat: list[bytes]) -> list[dict]:
+    def _decode_bucket(self, flat: list[bytes], on_bad=None) -> list[dict]:
         """A bucket's HGETALL reply as users, by merge key."""
         bucket = dict(zip(flat[::2], flat[1::2]))
-        return self.codec.decode([bucket[key] for key in sorted(bucket)])
+        keys = sorted(bucket)
+        report = None if on_bad is None else (lambda n, reason: on_bad(keys[n], reason))
+        return self.codec.decode([bucket[key] for key in keys], report)
 
     def export(self, path: Path) -> dict:
-        """Write all_users.json atomically from the store; returns what was written."""
+        """Write all_users.json atomically from the store; returns what was written.
+
+        Values that cannot be decoded are left out, counted ("undecodable") and named ("bad": the
+        first few merge keys with the reason), so one damaged value never stops the file.
+        """
         version = self.version()
-        count = write_json_array(path, self.iter_users())
-        info = {"path": str(path), "count": count, "version": version, "written_at": time.time()}
-        self.redis.hset(self.key("export"), mapping={k: str(v) for k, v in info.items()})
-        return info
+        bad: list[dict] = []
+        skipped = 0
+
+        def on_bad(key: bytes, reason: str) -> None:
+            nonlocal skipped
+            skipped += 1
+            if len(bad) < MAX_BAD_SAMPLES:
+                bad.append({"key": key.decode(errors="replace"), "reason": reason})
+
+        count = write_json_array(path, self.iter_users(on_bad=on_bad))
+        info = {"path": str(path), "count": count, "version": version, "written_at": time.time(),
+                "undecodable": skipped}
+        self.redis.hset(self.key("export"), mapping={**{k: str(v) for k, v in info.items()},
+                                                     "bad": orjson.dumps(bad).decode()})
+        return {**info, "bad": bad}
 
     def last_export(self) -> dict:
         raw = {k.decode(): v.decode() for k, v in self.redis.hgetall(self.key("export")).items()}
         if not raw:
             return {}
         return {"path": raw["path"], "count": int(raw["count"]), "version": int(raw["version"]),
-                "written_at": float(raw["written_at"])}
+                "written_at": float(raw["written_at"]), "undecodable": int(raw.get("undecodable", 0)),
+                "bad": orjson.loads(raw.get("bad", "[]"))}
 
     def clear(self) -> None:
         """Delete every key of this namespace (tests, and an operator's explicit reset)."""
         for batch in _chunks(self.redis.scan_iter(match=self.ns + ":*", count=1000), 500):
             self.redis.delete(*batch)
+
+
+def _same_epoch(expected: str, found: str) -> str:
+    """The dictionary epoch an export goes on with; a change (but the first one made) means a reset."""
+    if expected and found != expected:
+        raise StaleDictionary("the namespace was cleared during the export; the next one starts over")
+    return found
 
 
 def write_json_array(path: Path, values) -> int:

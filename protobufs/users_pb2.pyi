@@ -37,20 +37,22 @@ class UserResponse(_message.Message):
     def __init__(self, status: _Optional[bool] = ..., message: _Optional[str] = ...) -> None: ...
 
 class UserBatch(_message.Message):
-    __slots__ = ("users", "source", "file_id", "index", "first_record", "users_json")
+    __slots__ = ("users", "source", "file_id", "index", "first_record", "users_json", "record_count")
     USERS_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     FILE_ID_FIELD_NUMBER: _ClassVar[int]
     INDEX_FIELD_NUMBER: _ClassVar[int]
     FIRST_RECORD_FIELD_NUMBER: _ClassVar[int]
     USERS_JSON_FIELD_NUMBER: _ClassVar[int]
+    RECORD_COUNT_FIELD_NUMBER: _ClassVar[int]
     users: _containers.RepeatedCompositeFieldContainer[UserRequest]
     source: str
     file_id: str
     index: int
     first_record: int
     users_json: bytes
-    def __init__(self, users: _Optional[_Iterable[_Union[UserRequest, _Mapping]]] = ..., source: _Optional[str] = ..., file_id: _Optional[str] = ..., index: _Optional[int] = ..., first_record: _Optional[int] = ..., users_json: _Optional[bytes] = ...) -> None: ...
+    record_count: int
+    def __init__(self, users: _Optional[_Iterable[_Union[UserRequest, _Mapping]]] = ..., source: _Optional[str] = ..., file_id: _Optional[str] = ..., index: _Optional[int] = ..., first_record: _Optional[int] = ..., users_json: _Optional[bytes] = ..., record_count: _Optional[int] = ...) -> None: ...
 
 class Rejection(_message.Message):
     __slots__ = ("record", "reason")

@@ -2,12 +2,22 @@
 -- The first call makes the dictionary's epoch; indexes are only meaningful within one epoch.
 -- KEYS: 1 string -> index hash, 2 index -> string list, 3 epoch.  ARGV: 1 cap, 2 epoch to make, then strings
 -- Returns the epoch, then one index per string (-1: the dictionary is full, keep the string literal).
+-- Every check comes before the first write.
+for i, kind in ipairs({'hash', 'list', 'string'}) do
+  local found = redis.call('TYPE', KEYS[i])['ok']
+  if found ~= 'none' and found ~= kind then
+    return error('intern refused: ' .. KEYS[i] .. ' is a ' .. found .. ', expected a ' .. kind)
+  end
+end
+local cap = tonumber(ARGV[1])
+if not cap then
+  return error('intern refused: the cap must be a number')
+end
 local epoch = redis.call('GET', KEYS[3])
 if not epoch then
   epoch = ARGV[2]
   redis.call('SET', KEYS[3], epoch)
 end
-local cap = tonumber(ARGV[1])
 local out = {epoch}
 for i = 3, #ARGV do
   local index = redis.call('HGET', KEYS[1], ARGV[i])
