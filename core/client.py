@@ -84,11 +84,13 @@ class UsersClient:
         grpc.channel_ready_future(self.channel).result(timeout=timeout)
 
     def send_file(self, path: Path, file_id: str = "", batch_size: int = 1000,
-                  on_progress: Callable[[SendResult], None] | None = None) -> SendResult:
-        """Stream one file's users in batches; rejected records are counted with their reasons."""
+                  on_progress: Callable[[SendResult], None] | None = None, handle=None) -> SendResult:
+        """Stream one file's users in batches; rejected records are counted with their reasons.
+
+        handle: the file already open (the watcher's checked descriptor): read from it, not from `path`."""
         path = Path(path)
         result = SendResult(source=path.name)
-        reader = SourceReader(path)
+        reader = SourceReader(path, handle=handle)
         started = time.monotonic()
         batches = self._batches(reader, result, file_id, batch_size, on_progress)
         report = self.stub.SendUserBatches(batches, timeout=self.timeout)
