@@ -45,6 +45,18 @@ def make(case: str, folder: Path, users: int) -> Path:
     return path
 
 
+def peak_rss_mb() -> float:
+    """This process's peak RSS. VmHWM, not ru_maxrss: ru_maxrss is kept across exec, so a child started by a
+    big parent would report the parent's size."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def run_one(module: str, path: str, no_cap: bool = False) -> None:
     sys.path.insert(0, str(ROOT))
     spec = importlib.util.spec_from_file_location("reader_under_test", module)
@@ -56,7 +68,7 @@ def run_one(module: str, path: str, no_cap: bool = False) -> None:
     reader = ingest.SourceReader(Path(path))
     records = sum(1 for _ in reader)
     seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rss = peak_rss_mb()
     print(json.dumps({"records": records, "seconds": round(seconds, 3), "cpu_seconds": round(cpu, 3), "peak_rss_mb": round(rss, 1),
                       "damage": reader.damage}))
 
