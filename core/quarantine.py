@@ -25,7 +25,7 @@ def quarantined(data_dir: Path) -> list[dict]:
     folder = Path(data_dir) / "quarantine"
     if not folder.is_dir():
         return []
-    items = []
+    items, stamps = [], {}
     for error_file in sorted(folder.glob("*" + ERROR_SUFFIX)):
         try:
             item = orjson.loads(error_file.read_bytes())
@@ -34,26 +34,25 @@ def quarantined(data_dir: Path) -> list[dict]:
         if isinstance(item, dict):
             item.setdefault("copy", error_file.name[: -len(ERROR_SUFFIX)])  # written before copies were numbered
             items.append(item)
+            stamps[id(item)] = _mtime(error_file)
+    items.sort(key=lambda item: stamps[id(item)])  # oldest first: the order the files were set aside
     return items
 
 
 def replay_file(data_dir: Path, watch: Path, name: str) -> Path:
     """Move a quarantined copy back into the watched folder under its original name (replacing the damaged
-    original there). NAME is the copy's name, or the original's (its latest copy)."""
+    original there). NAME is an original's name (its latest copy is taken) or a copy's (that one)."""
     folder = Path(data_dir) / "quarantine"
     name = Path(name).name
-    original = name
-    source = folder / name
-    if name.endswith(ERROR_SUFFIX) or not source.is_file():
-        copies = [item for item in quarantined(data_dir) if item.get("file") == name and item.get("copy")]
-        if not copies:
-            raise FileNotFoundError(f"{name} is not in {folder}")
-        source = folder / Path(max(copies, key=lambda item: item.get("at") or "")["copy"]).name
-    else:
-        try:
-            original = Path(orjson.loads((folder / (name + ERROR_SUFFIX)).read_bytes()).get("file") or name).name
-        except (OSError, orjson.JSONDecodeError, AttributeError):
-            original = name
+    items = quarantined(data_dir)
+    copies = [item for item in items if item.get("file") == name and item.get("copy")]
+    if copies:  # an original's name: its latest copy
+        original, source = name, folder / Path(copies[-1]["copy"]).name
+    else:  # a copy's name (STEM.N.SUFFIX): that copy, back under its original name
+        mine = [item for item in items if item.get("copy") == name]
+        original, source = (Path(mine[-1].get("file") or name).name if mine else name), folder / name
+    if name.endswith(ERROR_SUFFIX):
+        raise FileNotFoundError(f"{name} is not in {folder}")
     if not source.is_file():
         raise FileNotFoundError(f"{name} is not in {folder}")
     Path(watch).mkdir(parents=True, exist_ok=True)
@@ -61,6 +60,13 @@ def replay_file(data_dir: Path, watch: Path, name: str) -> Path:
     shutil.move(source, target)  # the data and drop folders may sit on different filesystems
     (folder / (source.name + ERROR_SUFFIX)).unlink(missing_ok=True)
     return target
+
+
+def _mtime(path: Path) -> int:
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return 0
 
 
 def set_aside(folder: Path, path: Path, report_id: str, reason: str | None, kept: int, handle=None) -> Path | None:
