@@ -34,6 +34,9 @@ _STRING = re.compile(rb'"[^"\\]*+(?:\\.[^"\\]*+)*+"', re.S)
 _STRING_REST = re.compile(rb'[^"\\]*+(?:\\.[^"\\]*+)*+"', re.S)
 _TOKEN = re.compile(rb'"[^"\\]*+(?:\\.[^"\\]*+)*+"|["\[\]{}]', re.S)
 _OPENERS = frozenset(b"[{")
+_BRACKET_RUNS = re.compile(rb"[\[{]+|[\]}]+")
+_NOT_BRACKETS = bytes(set(range(256)) - set(b"[]{}"))
+_PAIR_PASSES = 3
 
 
 class _Guard:
@@ -91,17 +94,36 @@ class _Guard:
             self.in_string, self.string_bytes = True, len(tail) + 1
             self.escaped = _odd_backslashes(tail, 0)
         opens = structure.count(b"[") + structure.count(b"{")
-        if self.depth + opens > self.limit:
-            cut = self._crossing(data, start)
-            if cut is not None:
-                self.stopped = f"is nested deeper than {MAX_DEPTH} levels"
-                return cut
+        if self.depth + opens > self.limit and self._passes_limit(structure):
+            self.stopped = f"is nested deeper than {MAX_DEPTH} levels"
+            return self._crossing(data, start)
         closes = structure.count(b"]") + structure.count(b"}")
         self.depth = max(0, self.depth + opens - closes)
         return None
 
-    def _crossing(self, data: bytes, start: int) -> int | None:
-        """Where in `data` the depth first passes the limit, if it does (run only near the limit)."""
+    def _passes_limit(self, structure: bytes) -> bool:
+        """Whether the depth passes the limit inside this chunk: walked by runs of brackets, so a file that
+        stays just under the limit costs a few steps per record."""
+        brackets = structure.translate(None, _NOT_BRACKETS)
+        # Each replace takes away one level of empty pairs ({} and [] side by side always match), so the
+        # peak is at most what stays open plus the levels taken: flat records cost no walk at all.
+        reduced = brackets
+        for _ in range(_PAIR_PASSES):
+            reduced = reduced.replace(b"{}", b"").replace(b"[]", b"")
+        if self.depth + reduced.count(b"[") + reduced.count(b"{") + 2 * _PAIR_PASSES <= self.limit:
+            return False
+        depth = self.depth
+        for run in _BRACKET_RUNS.findall(brackets):
+            if run[0] in _OPENERS:
+                depth += len(run)
+                if depth > self.limit:
+                    return True
+            else:
+                depth = max(0, depth - len(run))
+        return False
+
+    def _crossing(self, data: bytes, start: int) -> int:
+        """Where in `data` the depth first passes the limit (run once, on the chunk where it does)."""
         depth = self.depth
         for match in _TOKEN.finditer(data, start):
             byte = data[match.start()]
@@ -112,8 +134,8 @@ class _Guard:
             elif byte != 0x22:
                 depth = max(0, depth - 1)
             elif match.end() - match.start() == 1:  # a string that runs past this chunk: no structure after
-                return None
-        return None
+                break
+        return len(data)  # not reached: _passes_limit said it is
 
 
 def _odd_backslashes(data: bytes, start: int) -> bool:
