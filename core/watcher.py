@@ -133,8 +133,9 @@ class Watcher:
         present = set(entries)
         with self._lock:  # forget what left the folder: these maps hold at most the folder's entries
             for table in (self.known, self.failures):
-                for path in [path for path in table if path not in present]:
-                    table.pop(path, None)
+                for path in list(table):  # a copy: readers add to `known` without the lock
+                    if path not in present:
+                        table.pop(path, None)
         for path in entries:
             if everything or self.known.get(path) != signature(path):
                 self._note(path)
