@@ -232,3 +232,12 @@ def test_the_token_limit_is_the_batch_budget():
     from core.client import MAX_BATCH_BYTES
 
     assert MAX_TOKEN_BYTES <= MAX_BATCH_BYTES
+
+
+def test_a_record_the_encoder_refuses_is_rejected_alone_never_its_batch():
+    from core.client import _payloads
+
+    batch = [{"id": 1}, {"id": 2, "x": 2**70}, {"id": 3}]  # orjson encodes 64-bit integers at most
+    sent = list(_payloads(batch, 10))
+    assert [(start, why is None) for _, start, why in sent] == [(10, True), (11, False), (12, True)]
+    assert "cannot be encoded" in sent[1][2] and sent[1][0] is None
