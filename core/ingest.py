@@ -225,15 +225,15 @@ class SourceReader:
             for record in ijson.items(guard, "item", use_float=True, buf_size=READ_CHUNK):
                 yield self.records, record
                 self.records += 1
-        except ijson.IncompleteJSONError as error:
-            if guard.stopped:
+        except (ijson.JSONError, RecursionError, UnicodeDecodeError) as error:
+            if guard.stopped:  # the parser saw the end where the guard cut the stream
                 self.damage = (f"record {self.records + 1} {guard.stopped} (at byte {start + guard.consumed}); "
                                f"the records before it are kept")
-            else:
+            elif isinstance(error, ijson.IncompleteJSONError):
                 self.damage = self._describe(error, start + guard.consumed)
-        except (ijson.JSONError, RecursionError, UnicodeDecodeError) as error:
-            self.damage = (f"invalid JSON after record {self.records} near byte {start + guard.consumed}: "
-                           f"{_first_line(str(error))}")
+            else:
+                self.damage = (f"invalid JSON after record {self.records} near byte {start + guard.consumed}: "
+                               f"{_first_line(str(error))}")
 
     def _describe(self, error: Exception, near: int) -> str:
         text = str(error if not isinstance(error.args[0], bytes) else error.args[0].decode("utf-8", "replace"))
