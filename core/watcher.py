@@ -15,8 +15,9 @@ set aside in quarantine with its reason while the others go on. A failure of the
 gRPC server unreachable) is not the file's: it is retried with backoff, without counting.
 
 Bounded for the life of the process: `candidates`, `known` and the failure counts hold only entries still in
-the folder (pruned at every rescan), `reading` at most one file per reader, and `inflight` drops a file once
-merged, rejected or forgotten, and never holds more than INFLIGHT_LIMIT.
+the folder (pruned at every rescan), `queued` only paths waiting or being handled, `reading` at most one file
+per reader, and `inflight` drops a file once merged, rejected or forgotten, and never holds more than
+INFLIGHT_LIMIT.
 """
 
 from __future__ import annotations
@@ -76,6 +77,8 @@ class Watcher:
         self.inflight: dict[str, tuple[str, float, Path]] = {}
         # Failed attempts of each file (path -> count, last reason), while it is retried.
         self.failures: dict[Path, tuple[int, str]] = {}
+        # Paths in `ready` or being handled: a path is never queued twice nor handled by two readers at once.
+        self.queued: set[Path] = set()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
@@ -181,8 +184,9 @@ class Watcher:
                 current, ready = stability(path, seen, self.quiet_period)
                 if current is None:
                     del self.candidates[path]
-                elif ready:
+                elif ready and path not in self.queued:  # else it is handled now: it waits for that to end
                     del self.candidates[path]
+                    self.queued.add(path)
                     self.ready.put(path)
                 else:
                     self.candidates[path] = current
@@ -196,6 +200,8 @@ class Watcher:
                 item = self.ready.get()
                 if item is not None:
                     paths.append(item)
+                    with self._lock:
+                        self.queued.discard(item)  # the caller handles it now, not a reader thread
             if self.candidates:
                 time.sleep(0.1)
         return paths
@@ -208,6 +214,7 @@ class Watcher:
                 return
             while self.paused.is_set() and not self._stop.is_set():
                 self._stop.wait(0.2)
+            retry = False
             try:
                 self.ingest(path)
                 delay = RETRY_DELAY
@@ -215,7 +222,12 @@ class Watcher:
                 if self._failed(path, error) is None:
                     self._stop.wait(delay)
                     delay = min(delay * 2, RETRY_DELAY_CAP) if is_service_failure(error) else RETRY_DELAY
-                    self._note(path)
+                    retry = True
+            finally:
+                with self._lock:
+                    self.queued.discard(path)
+            if retry:
+                self._note(path)
 
     def ingest_now(self, path: Path) -> tuple[str | None, str]:
         """ingest() for --once: a failing file is tried again at once, and set aside after MAX_ATTEMPTS

@@ -233,6 +233,7 @@ def test_the_watchers_maps_hold_only_what_is_in_the_folder(runtime_factory, tmp_
     watcher.scan()
     assert not list(drop.glob("*.json")) and runtime.store.count() == 90
     assert watcher.known == {} and watcher.candidates == {} and watcher.inflight == {} and watcher.failures == {}
+    assert watcher.queued == set() and watcher.ready.empty()
 
 
 
