@@ -265,15 +265,18 @@ class Watcher:
             report_id = fingerprint(handle)
         except (Refused, OSError):
             pass
-        try:
-            self.store.update_report(report_id, name=path.name, path=str(path), state="rejected", damage=reason,
-                                     finished_at=time.time())
+        try:  # the copy first: once the report says rejected, the copy is there to look at
             set_aside(self.quarantine, path, report_id, reason, 0, handle=handle)
-        except (redis.RedisError, OSError) as error:
-            self.events.emit("error", f"{path.name}: cannot set it aside: {one_line(error)}", file=path.name)
+        except OSError as error:
+            self.events.emit("error", f"{path.name}: cannot copy to quarantine: {one_line(error)}", file=path.name)
         finally:
             if handle is not None:
                 handle.close()
+        try:
+            self.store.update_report(report_id, name=path.name, path=str(path), state="rejected", damage=reason,
+                                     finished_at=time.time())
+        except redis.RedisError as error:
+            self.events.emit("error", f"{path.name}: cannot record its report: {one_line(error)}", file=path.name)
         self.events.emit("warning", f"{path.name}: rejected: {reason}; set aside in {self.quarantine}",
                          file=path.name, id=report_id, state="rejected")
         return report_id, "refused"
@@ -358,9 +361,9 @@ class Watcher:
             fields["state"] = "rejected"
         else:
             fields["state"] = "queued"
-        merged = self.store.finish_report(report_id, result.batches, **fields)
-        if result.damage:
+        if result.damage:  # the copy first: once the report is final, the copy is there to look at
             self._quarantine(path, report_id, result, handle)
+        merged = self.store.finish_report(report_id, result.batches, **fields)
         if result.unreadable:
             self.events.emit("warning", f"{path.name}: rejected: {result.damage}; set aside in {self.quarantine}",
                              file=path.name, id=report_id, state="rejected")
