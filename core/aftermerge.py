@@ -1,11 +1,16 @@
-"""What happens once every user of a dropped file is merged: its one log line and the --after-merge policy."""
+"""What happens once every user of a dropped file is merged: its one log line and the --after-merge policy.
+
+Naming: `move` puts the file in processed/NAME; when that name is taken by an earlier file, the first free
+processed/STEM.2.SUFFIX, STEM.3.SUFFIX, ... (core.dropfiles.numbered). The name is claimed by a hard link,
+which fails rather than replace an existing file, so no earlier file is ever overwritten.
+"""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-from core.dropfiles import fingerprint
+from core.dropfiles import Refused, fingerprint, numbered, open_checked
 
 
 def merged_line(name: str, report: dict, seconds: float) -> tuple[str, str, dict]:
@@ -34,12 +39,38 @@ def dispose(policy: str, folder: Path, path: Path, report: dict) -> bool:
     """
     if policy == "keep":
         return False
-    if path.parent != folder or not path.exists() or fingerprint(path) != report["id"]:
+    if path.parent != folder or not _holds(folder, path, report["id"]):
         return False
     if policy == "delete":
         path.unlink()
     else:
         target = folder / "processed"
         target.mkdir(exist_ok=True)
-        os.replace(path, target / path.name)
+        move_to_free_name(path, target)
     return True
+
+
+def _holds(folder: Path, path: Path, report_id: str) -> bool:
+    try:
+        with open_checked(path, folder) as handle:
+            return fingerprint(handle) == report_id
+    except (Refused, OSError):
+        return False
+
+
+def move_to_free_name(path: Path, folder: Path) -> Path:
+    """Move `path` into `folder` under the first free name of numbered(path.name); never replaces a file."""
+    for name in numbered(path.name):
+        target = folder / name
+        try:
+            os.link(path, target, follow_symlinks=False)
+        except FileExistsError:
+            continue
+        except OSError:  # no hard links here (some network or FUSE filesystems): check, then rename
+            if os.path.lexists(target):
+                continue
+            os.replace(path, target)
+            return target
+        os.unlink(path)
+        return target
+    raise FileExistsError(f"no free name for {path.name} in {folder}")

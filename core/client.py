@@ -84,11 +84,13 @@ class UsersClient:
         grpc.channel_ready_future(self.channel).result(timeout=timeout)
 
     def send_file(self, path: Path, file_id: str = "", batch_size: int = 1000,
-                  on_progress: Callable[[SendResult], None] | None = None) -> SendResult:
-        """Stream one file's users in batches; rejected records are counted with their reasons."""
+                  on_progress: Callable[[SendResult], None] | None = None, handle=None) -> SendResult:
+        """Stream one file's users in batches; rejected records are counted with their reasons.
+
+        handle: the file already open (the watcher's checked descriptor): read from it, not from `path`."""
         path = Path(path)
         result = SendResult(source=path.name)
-        reader = SourceReader(path)
+        reader = SourceReader(path, handle=handle)
         started = time.monotonic()
         batches = self._batches(reader, result, file_id, batch_size, on_progress)
         report = self.stub.SendUserBatches(batches, timeout=self.timeout)
@@ -111,9 +113,9 @@ class UsersClient:
 
         def flush():
             nonlocal index
-            for payload, start in _payloads(pending, first):
-                if payload is None:  # one record bigger than a whole message: it cannot be sent at all
-                    result.reject(start, f"record is over {MAX_BATCH_BYTES} bytes, too large to send")
+            for payload, start, why in _payloads(pending, first):
+                if payload is None:  # one record bigger than a whole message, or not encodable: never sent
+                    result.reject(start, why)
                     continue
                 yield users_pb2.UserBatch(users_json=payload, source=result.source, file_id=file_id,
                                           index=index, first_record=start)
@@ -148,17 +150,24 @@ class UsersClient:
 
 
 def _payloads(records: list, first: int):
-    """Encode a batch, halving it while it is over the message budget (only huge records do that).
+    """Encode a batch, halving it while it is over the message budget (only huge records do that) or while
+    one of its records cannot be encoded (the reader's limits make that not happen; if it ever did, that one
+    record is rejected, never the batch or the file).
 
-    Yields (payload, first record number); payload is None for a single record too large to send.
+    Yields (payload, first record number, why not); payload is None for a single record that cannot be sent.
     """
-    payload = orjson.dumps(records)
-    if len(payload) > MAX_BATCH_BYTES:
+    try:
+        payload = orjson.dumps(records)
+    except orjson.JSONEncodeError as error:
+        payload, why = None, f"record cannot be encoded: {str(error).splitlines()[0] if str(error) else 'error'}"
+    else:
+        why = f"record is over {MAX_BATCH_BYTES} bytes, too large to send"
+    if payload is None or len(payload) > MAX_BATCH_BYTES:
         if len(records) == 1:
-            yield None, first
+            yield None, first, why
             return
         half = len(records) // 2
         yield from _payloads(records[:half], first)
         yield from _payloads(records[half:], first + half)
         return
-    yield payload, first
+    yield payload, first, None

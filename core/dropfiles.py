@@ -1,16 +1,33 @@
-"""Which files in the drop folder are ours, when one looks whole, and its content fingerprint."""
+"""Which entries in the drop folder are ours, when one looks whole, opening it safely, and its fingerprint.
+
+An entry is opened once (open_checked), after its type is checked without opening it: a FIFO, socket,
+device or folder named *.json is refused with a one-line reason and never opened (opening a FIFO blocks).
+The open itself cannot be redirected: the last component is opened with O_NOFOLLOW, the descriptor is
+checked with fstat (a regular file) and, on Linux, by the path the kernel gives for it (inside the folder).
+Everything after that (fingerprint, stream, quarantine copy) reads that one descriptor, so a file or link
+swapped in meanwhile is never read.
+"""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
+import stat
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 UNSEEN = (-1, -1)
 
 PATTERNS = (".json", ".jsonl", ".ndjson")
 IGNORED_SUFFIXES = (".part", ".tmp", "~")
+_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+
+
+class Refused(Exception):
+    """An entry that is not read at all; the message is the one-line reason for the report."""
 
 
 def is_candidate(path: Path) -> bool:
@@ -21,10 +38,25 @@ def is_candidate(path: Path) -> bool:
 
 def signature(path: Path) -> tuple[int, int] | None:
     try:
-        stat = path.stat()
+        info = path.stat()
     except OSError:
         return None
-    return stat.st_size, stat.st_mtime_ns
+    return info.st_size, info.st_mtime_ns
+
+
+def kind(mode: int) -> str | None:
+    """What a non-regular entry is, in words; None for a regular file."""
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "not a regular file"
 
 
 def stability(path: Path, seen: tuple[int, int], quiet_period: float) -> tuple[tuple[int, int] | None, bool]:
@@ -32,14 +64,24 @@ def stability(path: Path, seen: tuple[int, int], quiet_period: float) -> tuple[t
 
     Read it once it is unchanged since `seen` and either `quiet_period` old or a whole JSON array; on
     first sight (`seen` is UNSEEN) a whole file is read at once (renamed in, or there at startup), but a
-    file that changed since we last looked never is.
+    file that changed since we last looked never is. An entry that is not a regular file (or a link to one)
+    is handed on at once, unopened, to be refused with its reason.
     """
     try:
-        stat = path.lstat() if path.is_symlink() else path.stat()
+        info = os.lstat(path)
     except OSError:
         return None, False
-    current = (stat.st_size, stat.st_mtime_ns)
-    settled = time.time() - stat.st_mtime >= quiet_period or looks_complete(path)
+    current = (info.st_size, info.st_mtime_ns)
+    if stat.S_ISLNK(info.st_mode):
+        try:
+            mode = os.stat(path).st_mode
+        except OSError:
+            return current, True  # a dangling link: refused now
+    else:
+        mode = info.st_mode
+    if not stat.S_ISREG(mode):
+        return current, True
+    settled = time.time() - info.st_mtime >= quiet_period or looks_complete(path)
     if current != seen and seen != UNSEEN:
         return current, False
     return current, settled
@@ -48,21 +90,90 @@ def stability(path: Path, seen: tuple[int, int], quiet_period: float) -> tuple[t
 def looks_complete(path: Path) -> bool:
     """A JSON array whose last byte closes it was written whole; a partial write rarely ends in "]".
 
-    Only arrays: a JSON Lines file looks complete after every line, even half written.
+    Only arrays: a JSON Lines file looks complete after every line, even half written. Opened without
+    blocking and only read when it is a regular file (an entry swapped for a FIFO must not stall discovery).
     """
     if path.suffix.lower() != ".json":
         return False
     try:
-        with open(path, "rb") as handle:
-            handle.seek(max(0, os.fstat(handle.fileno()).st_size - 64))
-            return handle.read().rstrip().endswith(b"]")
+        fd = os.open(path, _OPEN_FLAGS)
     except OSError:
         return False
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            return False
+        return os.pread(fd, 64, max(0, info.st_size - 64)).rstrip().endswith(b"]")
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
 
 
-def fingerprint(path: Path) -> str:
+def open_checked(path: Path, folder: Path):
+    """Open a drop-folder entry for reading (a binary file object), or raise Refused with the reason.
+
+    FileNotFoundError when it is gone. A link is followed only to a regular file inside `folder`.
+    """
+    path = Path(path)
+    root = Path(os.path.realpath(folder))
+    info = os.lstat(path)
+    target = path
+    if stat.S_ISLNK(info.st_mode):
+        target = Path(os.path.realpath(path))
+        if not target.is_relative_to(root):
+            raise Refused(f"refused: symlink leads outside the watched folder (to {target})")
+        try:
+            info = os.stat(target)
+        except OSError:
+            raise Refused("refused: a symlink to nothing") from None
+    if what := kind(info.st_mode):
+        raise Refused(f"refused: {what}, not a regular file; it is not read")
+    try:
+        fd = os.open(target, _OPEN_FLAGS | _NOFOLLOW)
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise Refused("refused: it became a symlink while being opened") from None
+        raise
+    try:
+        opened = os.fstat(fd)
+        if what := kind(opened.st_mode):
+            raise Refused(f"refused: {what} (replaced while being opened), not a regular file")
+        real = _real_path(fd)
+        if real is not None and not real.is_relative_to(root):
+            raise Refused(f"refused: it leads outside the watched folder (to {real})")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _real_path(fd: int) -> Path | None:
+    """Where the kernel says an open descriptor's file is (Linux); None where it cannot say."""
+    try:
+        return Path(os.readlink(f"/proc/self/fd/{fd}"))
+    except OSError:
+        return None
+
+
+def fingerprint(source) -> str:
+    """The content's hash: of a path, or of an open binary file (read from its start)."""
     digest = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
+    if isinstance(source, (str, os.PathLike)):
+        with open(source, "rb") as handle:
+            return fingerprint(handle)
+    source.seek(0)
+    while chunk := source.read(1 << 20):
+        digest.update(chunk)
     return digest.hexdigest()
+
+
+def numbered(name: str) -> Iterator[str]:
+    """NAME, then STEM.2.SUFFIX, STEM.3.SUFFIX, ...: the names a copy may take beside earlier ones."""
+    yield name
+    path = Path(name)
+    stem, suffix = (path.stem, path.suffix) if path.suffix else (name, "")
+    for number in range(2, 100_000):
+        yield f"{stem}.{number}{suffix}"
+    yield f"{stem}.{time.time_ns()}{suffix}"

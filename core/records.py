@@ -14,6 +14,15 @@ STRING_FIELDS = USER_FIELDS[1:]
 USER_FIELD_SET = frozenset(USER_FIELDS)
 # One user is a few hundred characters; anything far larger is garbage that would bloat a batch message.
 MAX_RECORD_BYTES = 64 * 1024
+# orjson encodes at most 254 nested arrays/objects (one more raises "Recursion limit reached") and a batch wraps
+# its records in one more array, so a record may nest one level less. One limit for the reader (core/ingest.py
+# refuses deeper records, so every record it yields encodes), the client's batch encoder and the server (which
+# can test a decoded record with nesting_exceeds). The record object itself is level 1.
+ENCODER_MAX_DEPTH = 254
+MAX_DEPTH = ENCODER_MAX_DEPTH - 1
+# One JSON string, or one JSON Lines line, longer than this can never be sent (a batch message is at most
+# 8 MB), so the reader stops there instead of buffering it: memory stays bounded whatever the file holds.
+MAX_TOKEN_BYTES = 8 * 1024 * 1024
 
 
 class RecordError(ValueError):
@@ -76,6 +85,26 @@ def merge_key(user: dict, key_field: str = "email") -> str:
     content = {name: user.get(name, "") for name in STRING_FIELDS}
     digest = hashlib.blake2b(orjson.dumps(content, option=orjson.OPT_SORT_KEYS), digest_size=16).hexdigest()
     return f"fp:{digest}"
+
+
+def nesting_exceeds(value: object, limit: int = MAX_DEPTH) -> bool:
+    """Whether arrays/objects nest deeper than `limit` levels in `value` (a scalar is level 0).
+
+    Iterative, so any depth orjson can decode is measured without recursion.
+    """
+    stack = [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if item.__class__ is dict or isinstance(item, dict):
+            children = item.values()
+        elif item.__class__ is list or isinstance(item, list):
+            children = item
+        else:
+            continue
+        if level > limit:
+            return True
+        stack.extend((child, level + 1) for child in children if isinstance(child, (dict, list)))
+    return False
 
 
 def _json_type(value: object) -> str:

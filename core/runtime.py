@@ -210,12 +210,13 @@ class Runtime:
         self.watcher.scan(everything=True)
         # Several files at once: each spends much of its time waiting on Redis and the server.
         with ThreadPoolExecutor(self.watcher.readers, thread_name_prefix="ingest") as pool:
-            outcomes = list(pool.map(self.watcher.ingest, self.watcher.drain_now()))
+            outcomes = list(pool.map(self.watcher.ingest_now, self.watcher.drain_now()))
         while self.watcher.candidates:  # "busy": a copy of a file that was being read
-            outcomes += [self.watcher.ingest(path) for path in self.watcher.drain_now()]
+            outcomes += [self.watcher.ingest_now(path) for path in self.watcher.drain_now()]
         outcomes = [o for o in outcomes if o[1] != "busy"]
         sent = list(dict.fromkeys(report_id for report_id, outcome in outcomes if outcome == "sent"))
         self.wait_merged(sent)
+        self.watcher.check_inflight()  # the files merged since its last look: their line and --after-merge
         info = self.exporter.write()
         fresh = [self.store.report(i) for i in sent]
         refused = sum(1 for _, outcome in outcomes if outcome == "refused")

@@ -6,27 +6,49 @@ one still being written keeps a fresh mtime, does not end its array yet, and wai
 The ledger is the file report in Redis, keyed by a fingerprint of the content: a file whose report
 says merged is never read again (under any name); one that was left streaming or queued by a console
 that died is read again, and idempotent merging makes that safe.
+
+An entry that is not a regular file (FIFO, socket, device, folder) or a link out of the folder is refused
+with a one-line reason and never opened; a file is opened once and everything is read from that descriptor
+(core.dropfiles.open_checked). No file is retried forever: a failure of the file itself (the server refused
+its stream, it cannot be read, a bug) counts against it, and after MAX_ATTEMPTS it is reported rejected and
+set aside in quarantine with its reason while the others go on. A failure of the services (Redis or the
+gRPC server unreachable) is not the file's: it is retried with backoff, without counting.
+
+Bounded for the life of the process: `candidates`, `known` and the failure counts hold only entries still in
+the folder (pruned at every rescan), `queued` only paths waiting or being handled, `reading` at most one file
+per reader, and `inflight` drops a file once merged, rejected or forgotten, and never holds more than
+INFLIGHT_LIMIT.
 """
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 import time
 from pathlib import Path
 
+import grpc
 import redis
 import watchfiles
 
 from core.aftermerge import dispose, merged_line
 from core.client import SendResult, UsersClient
-from core.dropfiles import UNSEEN, fingerprint, is_candidate, signature, stability
+from core.codec import StaleDictionary
+from core.dropfiles import UNSEEN, Refused, fingerprint, is_candidate, open_checked, signature, stability
 from core.events import EventLog
 from core.quarantine import set_aside
 from core.store import Store
 
 DONE_STATES = ("merged", "rejected")
 RESCAN_INTERVAL = 5.0
+# Failures of a file itself before it is set aside; and the backoff between tries (doubling up to the cap).
+MAX_ATTEMPTS = 3
+RETRY_DELAY, RETRY_DELAY_CAP = 2.0, 60.0
+# Files sent and waiting for their merge that are followed for their after-merge line and policy.
+INFLIGHT_LIMIT = 10_000
+_SERVICE_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED,
+                  grpc.StatusCode.RESOURCE_EXHAUSTED)
 
 
 class Watcher:
@@ -52,7 +74,11 @@ class Watcher:
         self.reading: dict[str, str] = {}
         self.readers = readers
         # Files sent and waiting for their batches to merge: report id -> (name, started at).
-        self.inflight: dict[str, tuple[str, float]] = {}
+        self.inflight: dict[str, tuple[str, float, Path]] = {}
+        # Failed attempts of each file (path -> count, last reason), while it is retried.
+        self.failures: dict[Path, tuple[int, str]] = {}
+        # Paths in `ready` or being handled: a path is never queued twice nor handled by two readers at once.
+        self.queued: set[Path] = set()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
@@ -107,6 +133,12 @@ class Watcher:
         except OSError as error:
             self.events.emit("error", f"cannot read the watched folder {self.folder}: {error.strerror}")
             return
+        present = set(entries)
+        with self._lock:  # forget what left the folder: these maps hold at most the folder's entries
+            for table in (self.known, self.failures):
+                for path in list(table):  # a copy: readers add to `known` without the lock
+                    if path not in present:
+                        table.pop(path, None)
         for path in entries:
             if everything or self.known.get(path) != signature(path):
                 self._note(path)
@@ -152,8 +184,9 @@ class Watcher:
                 current, ready = stability(path, seen, self.quiet_period)
                 if current is None:
                     del self.candidates[path]
-                elif ready:
+                elif ready and path not in self.queued:  # else it is handled now: it waits for that to end
                     del self.candidates[path]
+                    self.queued.add(path)
                     self.ready.put(path)
                 else:
                     self.candidates[path] = current
@@ -167,23 +200,86 @@ class Watcher:
                 item = self.ready.get()
                 if item is not None:
                     paths.append(item)
+                    with self._lock:
+                        self.queued.discard(item)  # the caller handles it now, not a reader thread
             if self.candidates:
                 time.sleep(0.1)
         return paths
 
     def _ingest_loop(self) -> None:
+        delay = RETRY_DELAY
         while not self._stop.is_set():
             path = self.ready.get()
             if path is None:
                 return
             while self.paused.is_set() and not self._stop.is_set():
                 self._stop.wait(0.2)
+            retry = False
             try:
                 self.ingest(path)
-            except Exception as error:  # Redis, the disk or gRPC failed: keep the file for the next try
-                self.events.emit("error", f"{path.name}: ingest failed, will retry: {error}")
-                self._stop.wait(2.0)
+                delay = RETRY_DELAY
+            except Exception as error:  # the file, Redis, the disk or gRPC failed
+                if self._failed(path, error) is None:
+                    self._stop.wait(delay)
+                    delay = min(delay * 2, RETRY_DELAY_CAP) if is_service_failure(error) else RETRY_DELAY
+                    retry = True
+            finally:
+                with self._lock:
+                    self.queued.discard(path)
+            if retry:
                 self._note(path)
+
+    def ingest_now(self, path: Path) -> tuple[str | None, str]:
+        """ingest() for --once: a failing file is tried again at once, and set aside after MAX_ATTEMPTS
+        ("refused"); a failure of the services is raised (nothing else could go on either)."""
+        while True:
+            try:
+                return self.ingest(path)
+            except Exception as error:
+                if is_service_failure(error):
+                    raise
+                if (outcome := self._failed(path, error)) is not None:
+                    return outcome
+
+    def _failed(self, path: Path, error: Exception) -> tuple[str | None, str] | None:
+        """Count a failed attempt; after the last one, set the file aside and return its outcome."""
+        reason = one_line(error)
+        if is_service_failure(error):
+            self.events.emit("error", f"{path.name}: ingest failed, will retry: {reason}", file=path.name)
+            return None
+        with self._lock:
+            count = self.failures.get(path, (0, ""))[0] + 1
+            self.failures[path] = (count, reason)
+        if count < MAX_ATTEMPTS:
+            self.events.emit("error", f"{path.name}: ingest failed (attempt {count} of {MAX_ATTEMPTS}), will retry: "
+                                      f"{reason}", file=path.name)
+            return None
+        with self._lock:
+            self.failures.pop(path, None)
+        return self._give_up(path, f"set aside after {count} failed attempts: {reason}")
+
+    def _give_up(self, path: Path, reason: str) -> tuple[str | None, str]:
+        report_id, handle = f"failed-{path.name}", None
+        try:
+            handle = open_checked(path, self.folder)
+            report_id = fingerprint(handle)
+        except (Refused, OSError):
+            pass
+        try:  # the copy first: once the report says rejected, the copy is there to look at
+            set_aside(self.quarantine, path, report_id, reason, 0, handle=handle)
+        except OSError as error:
+            self.events.emit("error", f"{path.name}: cannot copy to quarantine: {one_line(error)}", file=path.name)
+        finally:
+            if handle is not None:
+                handle.close()
+        try:
+            self.store.update_report(report_id, name=path.name, path=str(path), state="rejected", damage=reason,
+                                     finished_at=time.time())
+        except redis.RedisError as error:
+            self.events.emit("error", f"{path.name}: cannot record its report: {one_line(error)}", file=path.name)
+        self.events.emit("warning", f"{path.name}: rejected: {reason}; set aside in {self.quarantine}",
+                         file=path.name, id=report_id, state="rejected")
+        return report_id, "refused"
 
     # -- one file ---------------------------------------------------------------------------------------
     def ingest(self, path: Path) -> tuple[str | None, str]:
@@ -196,17 +292,26 @@ class Watcher:
         return self._ingest(path)
 
     def _ingest(self, path: Path) -> tuple[str | None, str]:
-        if path.is_symlink():
-            target = path.resolve()
-            if not target.is_relative_to(self.folder.resolve()):
-                reason = f"refused: symlink leads outside the watched folder (to {target})"
-                self.store.update_report(f"refused-{path.name}", name=path.name, path=str(path), state="rejected",
-                                         damage=reason, finished_at=time.time())
-                self.events.emit("warning", f"{path.name}: {reason}", file=path.name, state="rejected")
-                return None, "refused"
-        if not path.exists():
+        try:
+            handle = open_checked(path, self.folder)
+        except Refused as refusal:
+            return self._refuse(path, str(refusal))
+        except FileNotFoundError:
             return None, "gone"
-        report_id = fingerprint(path)
+        with handle:
+            outcome = self._ingest_open(path, handle)
+        with self._lock:
+            self.failures.pop(path, None)
+        return outcome
+
+    def _refuse(self, path: Path, reason: str) -> tuple[None, str]:
+        self.store.update_report(f"refused-{path.name}", name=path.name, path=str(path), state="rejected",
+                                 damage=reason, finished_at=time.time())
+        self.events.emit("warning", f"{path.name}: {reason}", file=path.name, state="rejected")
+        return None, "refused"
+
+    def _ingest_open(self, path: Path, handle) -> tuple[str | None, str]:
+        report_id = fingerprint(handle)
         known = self.store.report(report_id)
         if known.get("state") in DONE_STATES:
             same = known.get("name")
@@ -229,18 +334,18 @@ class Watcher:
                 return report_id, "busy"
             self.reading[report_id] = path.name
         try:
-            return self._stream(path, report_id)
+            return self._stream(path, report_id, handle)
         finally:
             with self._lock:
                 self.reading.pop(report_id, None)
 
-    def _stream(self, path: Path, report_id: str) -> tuple[str, str]:
+    def _stream(self, path: Path, report_id: str, handle) -> tuple[str, str]:
         started = time.time()
         self.store.begin_attempt(report_id, name=path.name, path=str(path), state="streaming", started_at=started,
-                                 size=path.stat().st_size)
-        result = self.client.send_file(path, file_id=report_id, batch_size=self.batch_size,
+                                 size=os.fstat(handle.fileno()).st_size)
+        result = self.client.send_file(path, file_id=report_id, batch_size=self.batch_size, handle=handle,
                                        on_progress=lambda r: self._progress(report_id, r))
-        self._finish(path, report_id, result, started)
+        self._finish(path, report_id, result, started, handle)
         return report_id, "sent"
 
     def _progress(self, report_id: str, result: SendResult) -> None:
@@ -248,7 +353,7 @@ class Watcher:
         self.store.update_report(report_id, records=result.records, rejected=result.rejected,
                                  read_bytes=result.read_bytes)
 
-    def _finish(self, path: Path, report_id: str, result: SendResult, started: float) -> None:
+    def _finish(self, path: Path, report_id: str, result: SendResult, started: float, handle) -> None:
         fields = dict(records=result.records, accepted=result.accepted, rejected=result.rejected,
                       reasons=[f"record {n}: {why}" for n, why in result.reasons], size=result.size,
                       damage=result.damage or "", seconds=round(time.time() - started, 3), finished_at=time.time())
@@ -256,14 +361,19 @@ class Watcher:
             fields["state"] = "rejected"
         else:
             fields["state"] = "queued"
+        if result.damage:  # the copy first: once the report is final, the copy is there to look at
+            self._quarantine(path, report_id, result, handle)
         merged = self.store.finish_report(report_id, result.batches, **fields)
-        if result.damage:
-            self._quarantine(path, report_id, result)
         if result.unreadable:
             self.events.emit("warning", f"{path.name}: rejected: {result.damage}; set aside in {self.quarantine}",
                              file=path.name, id=report_id, state="rejected")
             return
-        self.inflight[report_id] = (path.name, started, path)
+        with self._lock:
+            self.inflight[report_id] = (path.name, started, path)
+            while len(self.inflight) > INFLIGHT_LIMIT:  # oldest first: its merge still happens, unlogged here
+                dropped = self.inflight.pop(next(iter(self.inflight)))
+                self.events.emit("warning", f"{dropped[0]}: no longer followed until merged ({INFLIGHT_LIMIT} files "
+                                            f"are waiting); its report still tells its state", file=dropped[0])
         if merged:
             self.check_inflight()
 
@@ -275,6 +385,9 @@ class Watcher:
             return
         reports = self.store.reports_for([report_id for report_id, _ in waiting])
         for (report_id, (name, started, path)), report in zip(waiting, reports):
+            if report.get("state") in ("rejected", None):  # rejected on the server, or forgotten (a reset)
+                self.inflight.pop(report_id, None)
+                continue
             if report.get("state") != "merged" or self.inflight.pop(report_id, None) is None:
                 continue  # not yet, or another thread has just logged it
             seconds = round(time.time() - started, 3)
@@ -283,9 +396,9 @@ class Watcher:
             self.events.emit(level, text, **fields)
             self._dispose(path, report)
 
-    def _quarantine(self, path: Path, report_id: str, result: SendResult) -> None:
+    def _quarantine(self, path: Path, report_id: str, result: SendResult, handle) -> None:
         try:
-            set_aside(self.quarantine, path, report_id, result.damage, result.accepted)
+            set_aside(self.quarantine, path, report_id, result.damage, result.accepted, handle=handle)
         except OSError as error:
             self.events.emit("error", f"{path.name}: cannot copy to quarantine: {error.strerror}")
 
@@ -298,3 +411,19 @@ class Watcher:
                 self.store.update_report(report["id"], disposed=self.after_merge)
         except (redis.RedisError, OSError) as error:
             self.events.emit("error", f"{path.name}: after-merge {self.after_merge} failed: {error}")
+
+
+def is_service_failure(error: BaseException) -> bool:
+    """Redis or the gRPC server out of reach: not the file's fault, so it does not count against it."""
+    if isinstance(error, (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError, StaleDictionary)):
+        return True
+    return isinstance(error, grpc.RpcError) and callable(getattr(error, "code", None)) and error.code() in _SERVICE_CODES
+
+
+def one_line(error: BaseException) -> str:
+    if isinstance(error, grpc.RpcError) and callable(getattr(error, "code", None)):
+        text = f"{error.code().name}: {error.details()}"
+    else:
+        text = str(error) or type(error).__name__
+    lines = text.strip().splitlines()
+    return lines[0] if lines else type(error).__name__

@@ -46,3 +46,31 @@ def test_merge_key_on_another_field():
     user = normalise({"id": 3, "user_name": "Ada", "email": "a@b"})
     assert merge_key(user, "user_name") == "ada"
     assert merge_key(user, "id") == "id:3"
+
+
+def _nest(depth: int) -> dict:
+    record: object = []
+    for _ in range(depth - 2):
+        record = [record]
+    return {"id": 1, "email": "d@x.org", "extra": record}
+
+
+def test_the_shared_depth_limit_is_what_orjson_encodes_in_a_batch():
+    """The reader lets records of MAX_DEPTH through; a batch (one more array) of them must encode, and one level
+    more must not (so the limit is not needlessly low). Fails if orjson's encoder limit moves."""
+    import orjson
+
+    from core.records import ENCODER_MAX_DEPTH, MAX_DEPTH
+
+    assert MAX_DEPTH == ENCODER_MAX_DEPTH - 1
+    orjson.dumps([_nest(MAX_DEPTH)])
+    with pytest.raises(orjson.JSONEncodeError):
+        orjson.dumps([_nest(MAX_DEPTH + 1)])
+
+
+def test_nesting_exceeds_counts_levels_without_recursion():
+    from core.records import MAX_DEPTH, nesting_exceeds
+
+    assert not nesting_exceeds(_nest(MAX_DEPTH)) and nesting_exceeds(_nest(MAX_DEPTH + 1))
+    assert not nesting_exceeds("text") and not nesting_exceeds({}, 1) and nesting_exceeds({"a": []}, 1)
+    assert nesting_exceeds(_nest(50_000))  # far past Python's recursion limit
