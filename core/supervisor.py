@@ -9,6 +9,7 @@ job carries a Retry) instead of waiting for a heartbeat to expire, and starts a 
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -18,9 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import redis
-from rq.registry import StartedJobRegistry
 from rq.worker import Worker
 
+from core.children import spawn
+from core.handback import hand_back
 from core.taskqueue import JSONSerializer, SafeJob
 from core.worker_process import URL_VARIABLE
 
@@ -135,9 +137,11 @@ class Supervisor:
             self.log_dir.mkdir(parents=True, exist_ok=True)
             output = open(self.log_path(name), "ab")
         try:
-            process = subprocess.Popen(
+            # A process group of its own (ctrl+c and a terminal hang-up reach the console, which stops workers
+            # in order) and a parent-death SIGTERM, RQ's warm shutdown, for when the console is killed.
+            process = spawn(
                 [sys.executable, "-m", "core.worker_process", self.queue_name, name, self.mode],
-                env=env, stdin=subprocess.DEVNULL, stdout=output, stderr=output,
+                env=env, stdin=subprocess.DEVNULL, stdout=output, stderr=output, death_signal=signal.SIGTERM,
             )
         finally:
             if output is not None:
@@ -203,19 +207,8 @@ class Supervisor:
     def _recover(self, dead_name: str, quiet: bool = False) -> bool:
         """Mark the dead worker's started jobs as expired and let RQ's cleanup retry them now."""
         try:
-            registry = StartedJobRegistry(self.queue_name, connection=self.connection, job_class=SafeJob,
-                                          serializer=JSONSerializer)
-            members = self.connection.zrange(registry.key, 0, -1)
-            expired = {}
-            for member in members:
-                job_id = member.decode().split(":", 1)[0]
-                worker_name = self.connection.hget(f"rq:job:{job_id}", "worker_name")
-                if worker_name is not None and worker_name.decode() == dead_name:
-                    expired[member] = 0
-            if expired:
-                self.connection.zadd(registry.key, expired)
-                registry.cleanup()
-                self.on_event("warning", f"requeued {len(expired)} job(s) left by dead worker {dead_name}")
+            if count := hand_back(self.connection, self.queue_name, dead_name):
+                self.on_event("warning", f"requeued {count} job(s) left by dead worker {dead_name}")
             worker = Worker.find_by_key(f"rq:worker:{dead_name}", connection=self.connection,
                                         serializer=JSONSerializer)
             if worker is not None:
