@@ -158,7 +158,8 @@ class Broker:
                 return connect(self.url)
             except BrokerError:
                 if time.monotonic() > deadline:
-                    self.stop()
+                    self.process.kill()  # kept (dead) in self.process: stop() and the guard see it exited
+                    self.process.wait()
                     raise BrokerError(f"embedded redis-server did not answer within {START_TIMEOUT:.0f} s") from None
                 time.sleep(0.05)
 
