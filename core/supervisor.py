@@ -29,6 +29,10 @@ from core.worker_process import URL_VARIABLE
 RESTART_BACKOFF = (0.5, 1, 2, 5, 10)
 STOP_GRACE = 15.0
 RECOVERY_RETRY = 2.0
+# A worker stopped by a signal (SIGSTOP, a debugger: state T or t in /proc) is flagged at once and, if it
+# is still stopped this long after, killed: its job goes back to the queue and a replacement starts.
+# Short enough not to stall a file, long enough for a deliberate pause (a debugger, a quick look).
+FROZEN_HANDBACK = 15.0
 
 
 @dataclass
@@ -37,6 +41,8 @@ class WorkerProcess:
     process: subprocess.Popen
     started_at: float = field(default_factory=time.time)
     restarts: int = 0
+    frozen_since: float | None = None  # monotonic time it was first seen stopped
+    killed: bool = False
 
     @property
     def pid(self) -> int:
@@ -45,6 +51,14 @@ class WorkerProcess:
     @property
     def alive(self) -> bool:
         return self.process.poll() is None
+
+
+def process_state(pid: int) -> str:
+    """The one-letter state in /proc/PID/stat (R, S, D, T, t, Z...); "" when unknown."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return ""
 
 
 class Supervisor:
@@ -120,12 +134,12 @@ class Supervisor:
 
     def alive_count(self) -> int:
         with self._lock:
-            return sum(1 for w in self.workers if w.alive)
+            return sum(1 for w in self.workers if w.alive and w.frozen_since is None)
 
     def processes(self) -> list[dict]:
         with self._lock:
             return [{"name": w.name, "pid": w.pid, "alive": w.alive, "restarts": w.restarts,
-                     "started_at": w.started_at} for w in self.workers]
+                     "started_at": w.started_at, "frozen": w.frozen_since is not None} for w in self.workers]
 
     # -- internals -------------------------------------------------------------------------------------
     def _spawn(self, restarts: int = 0) -> WorkerProcess:
@@ -162,6 +176,10 @@ class Supervisor:
     def _terminate(worker: WorkerProcess) -> None:
         if worker.alive:
             worker.process.terminate()  # RQ's warm shutdown: the current job finishes first
+            try:
+                os.kill(worker.pid, signal.SIGCONT)  # a frozen worker cannot act on SIGTERM until resumed
+            except OSError:
+                pass
 
     def _watch(self) -> None:
         retried_at = 0.0
@@ -170,6 +188,7 @@ class Supervisor:
                 retried_at = time.monotonic()
                 self._unrecovered = [name for name in self._unrecovered if not self._recover(name, quiet=True)]
             with self._lock:
+                self._check_frozen()
                 died = [(w, w.process.poll()) for w in self.workers if w.process.poll() is not None]
                 for worker, code in died:
                     self.workers.remove(worker)
@@ -188,6 +207,24 @@ class Supervisor:
                 self.on_event("warning", f"worker {worker.name} (pid {worker.pid}) exited with {code}; "
                                          f"restarting in {delay:g} s" + (f"; its log: {log}" if log else ""))
                 self._later(delay, worker.restarts + 1)
+
+    def _check_frozen(self) -> None:
+        now = time.monotonic()
+        for worker in self.workers:
+            stopped = worker.alive and process_state(worker.pid) in ("T", "t")
+            if stopped and worker.frozen_since is None:
+                worker.frozen_since = now
+                self.on_event("warning", f"worker {worker.name} (pid {worker.pid}) is frozen (stopped by a signal); "
+                                         f"its job goes back to the queue in {FROZEN_HANDBACK:g} s unless it resumes")
+            elif not stopped and worker.frozen_since is not None and worker.alive:
+                worker.frozen_since = None
+                self.on_event("info", f"worker {worker.name} resumed")
+            elif stopped and not worker.killed and now - worker.frozen_since >= FROZEN_HANDBACK:
+                # SIGKILL is the one signal a stopped process cannot hold back; the death path then hands
+                # its job back and starts a replacement.
+                self.on_event("warning", f"worker {worker.name} frozen for {FROZEN_HANDBACK:g} s: stopping it")
+                worker.killed = True
+                worker.process.kill()
 
     def _later(self, delay: float, restarts: int) -> None:
         timer = threading.Timer(delay, self._replace, args=(restarts,))
