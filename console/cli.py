@@ -16,9 +16,9 @@ from core.config import Settings
 EXIT_OK, EXIT_INPUT_REJECTED, EXIT_USAGE, EXIT_FAILURE = 0, 1, 2, 3
 # Stopped (SIGTERM) before every accepted user was merged: they are safe in Redis and finish at the next start.
 EXIT_UNFINISHED = 4
-# After a signal, the app gets this long to leave once the runtime is stopped; then the process leaves anyway
-# (a terminal that was closed can leave the UI unable to draw its way out).
-UI_EXIT_DEADLINE = 5.0
+# After a signal, the app gets this long to leave once the runtime is stopped; then the process leaves anyway.
+# A hang-up usually means the terminal is gone, and the UI cannot draw its way out of a closed terminal.
+UI_EXIT_DEADLINE = {signal.SIGTERM: 5.0, signal.SIGINT: 5.0, signal.SIGHUP: 1.0}
 SUBCOMMANDS = ("send", "health", "worker", "replay")
 
 
@@ -194,7 +194,7 @@ def run_ui(settings: Settings) -> int:
         outcome = runtime.stop(grace=graces[signum])
         exit_code = _exit_code(outcome)
         # The runtime is stopped; if the app cannot leave (its terminal was closed), the process leaves.
-        deadline = threading.Timer(UI_EXIT_DEADLINE, os._exit, args=(exit_code,))
+        deadline = threading.Timer(UI_EXIT_DEADLINE[signum], os._exit, args=(exit_code,))
         deadline.daemon = True
         deadline.start()
         leave(exit_code)

@@ -34,11 +34,13 @@ def children_of(pid: int) -> list[psutil.Process]:
         return []
 
 
-def by_command_line(*markers: str) -> list[psutil.Process]:
-    """Every living process whose command line names one of the markers (a data folder, a namespace)."""
+def by_command_line(*markers: str, exclude: frozenset = frozenset()) -> list[psutil.Process]:
+    """Every living process whose command line names one of the markers (a data folder, a namespace),
+    but for the test's own: itself, tmux (its server keeps the first command line it was given) and
+    the pids in `exclude` (the shell that ran the console)."""
     found = []
-    for process in psutil.process_iter(["pid", "cmdline"]):
-        if process.pid == os.getpid():
+    for process in psutil.process_iter(["pid", "cmdline", "name"]):
+        if process.pid == os.getpid() or process.pid in exclude or (process.info.get("name") or "").startswith("tmux"):
             continue
         line = " ".join(process.info.get("cmdline") or [])
         if any(marker in line for marker in markers) and living(process):
@@ -56,13 +58,14 @@ def describe(processes) -> str:
     return "; ".join(rows)
 
 
-def assert_nothing_left(started: list[psutil.Process], *markers: str, deadline: float = LEFT_DEADLINE) -> float:
+def assert_nothing_left(started: list[psutil.Process], *markers: str, deadline: float = LEFT_DEADLINE,
+                        exclude: frozenset = frozenset()) -> float:
     """Within `deadline` seconds, none of `started` (the console's children, taken while it ran) nor any
     process naming a marker is alive. Returns how long it took."""
     begun = time.monotonic()
     while True:
         left = [p for p in started if living(p)]
-        left += [p for p in by_command_line(*markers) if p.pid not in {q.pid for q in left}]
+        left += [p for p in by_command_line(*markers, exclude=exclude) if p.pid not in {q.pid for q in left}]
         if not left:
             return time.monotonic() - begun
         if time.monotonic() - begun > deadline:
