@@ -22,7 +22,7 @@ import redis
 from rq.worker import Worker
 
 from core.children import spawn
-from core.handback import hand_back
+from core.handback import hand_back, rescue_stranded
 from core.taskqueue import JSONSerializer, SafeJob
 from core.worker_process import URL_VARIABLE
 
@@ -244,7 +244,9 @@ class Supervisor:
     def _recover(self, dead_name: str, quiet: bool = False) -> bool:
         """Mark the dead worker's started jobs as expired and let RQ's cleanup retry them now."""
         try:
-            if count := hand_back(self.connection, self.queue_name, dead_name):
+            count = hand_back(self.connection, self.queue_name, dead_name)
+            count += rescue_stranded(self.connection, self.queue_name)
+            if count:
                 self.on_event("warning", f"requeued {count} job(s) left by dead worker {dead_name}")
             worker = Worker.find_by_key(f"rq:worker:{dead_name}", connection=self.connection,
                                         serializer=JSONSerializer)

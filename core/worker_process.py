@@ -19,7 +19,7 @@ import time
 
 import redis
 
-from core.handback import hand_back
+from core.handback import hand_back, rescue_stranded
 from core.taskqueue import make_worker
 
 URL_VARIABLE = "SWORDSEC_WORKER_REDIS_URL"
@@ -100,7 +100,7 @@ def main(argv: list[str]) -> int:
         if not _wait_for_redis(connection, f"{queue_name}:worker-probe:{name}", name, stopping):
             return 0
         try:
-            if count := hand_back(connection, queue_name, name):
+            if count := hand_back(connection, queue_name, name) + rescue_stranded(connection, queue_name):
                 log.warning("%s: handed back %d job(s) interrupted when Redis went away", name, count)
             worker.register_death()  # the same name registers again below
         except redis.RedisError:
