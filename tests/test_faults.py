@@ -257,20 +257,26 @@ def test_a_full_disk_is_one_clear_line_no_restart_loop_and_recovers_by_itself(tm
             except OSError:
                 continue
         write_users(tmp_path / "drop", "second.json", 1_000, "b")
-        snap = wait_for(lambda: _disk_problem(runtime), timeout=20, message="the doctor to name the full disk")
-        time.sleep(5)
+        data = str(small_disk / "data")
+        snap = wait_for(lambda: _disk_problem(runtime, 2), timeout=20,
+                        message="the doctor to name the full disk, for Redis and for all_users.json")
+        assert all(data in p.what for p in snap.problems if p.level == "error"), [p.what for p in snap.problems]
+        time.sleep(4)  # attempts go on meanwhile; the lines must not
         lines = [e.text for e in runtime.events.recent(2000) if e.level == "error"]
-        assert 1 <= len(lines) <= 6, lines  # one line per thing that cannot write, not one per attempt
-        assert any(str(small_disk) in p.what for p in snap.problems), [p.what for p in snap.problems]
+        # One line per thing that cannot write, not one per attempt. (The watcher's own "ingest failed, will
+        # retry" lines are core/watcher.py's, bounded by issue 9 item 4.)
+        assert len([t for t in lines if "cannot write" in t and data in t]) == 1, lines
+        assert len([t for t in lines if t.startswith("redis:") and "refuses writes" in t and data in t]) == 1, lines
         assert not runtime.supervisor.dead, "no worker restart loop"
         filler.unlink()  # space returns: everything resumes without a restart
         wait_for(lambda: _count(runtime) == 2_000, timeout=30, message="the second file merged after space returned")
-        wait_for(lambda: not _disk_problem(runtime), timeout=15, message="the doctor to clear")
+        wait_for(lambda: not _disk_problem(runtime, 1), timeout=15, message="the doctor to clear")
         assert len(json.loads((small_disk / "data" / "all_users.json").read_text())) == 2_000
     finally:
         runtime.stop()
 
 
-def _disk_problem(runtime):
+def _disk_problem(runtime, at_least: int):
     snap = runtime.snapshot()
-    return snap if any("space" in p.what.lower() or "misconf" in p.what.lower() for p in snap.problems) else None
+    found = [p for p in snap.problems if "no space left" in p.what.lower()]
+    return snap if len(found) >= at_least else None
