@@ -280,3 +280,15 @@ def _disk_problem(runtime, at_least: int):
     snap = runtime.snapshot()
     found = [p for p in snap.problems if "no space left" in p.what.lower()]
     return snap if len(found) >= at_least else None
+
+
+def test_a_frozen_worker_does_not_hold_up_the_stop(tmp_path):
+    runtime = embedded_runtime(tmp_path, workers=1).start()
+    [worker] = wait_for(lambda: runtime.supervisor.processes(), message="a worker")
+    wait_for(lambda: runtime.snapshot().alive_workers == 1, message="the worker registered")
+    os.kill(worker["pid"], signal.SIGSTOP)
+    wait_for(lambda: _frozen(runtime), timeout=10, message="the worker flagged as frozen")
+    began = time.monotonic()
+    runtime.stop()
+    assert time.monotonic() - began < 5
+    assert not os.path.exists(f"/proc/{worker['pid']}")

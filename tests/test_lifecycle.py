@@ -42,6 +42,7 @@ def end_and_count(process, out, tmp_path, namespace, how) -> tuple[int, float, s
 def test_a_signal_stops_everything_cleanly_and_redis_syncs_its_aof(tmp_path, namespace, signum):
     process, out = start_headless(tmp_path, namespace)
     code, took, text = end_and_count(process, out, tmp_path, namespace, lambda p: p.send_signal(signum))
+    print(f"{signal.Signals(signum).name}: nothing left {took:.2f} s after the console exited")
     assert code == 0, text
     assert "stopped: every accepted user is merged" in text
     # redis-server's own words for a clean shutdown: the AOF was fsynced before it exited.
@@ -61,6 +62,7 @@ def test_ctrl_c_reaches_the_console_only_which_stops_its_children(tmp_path, name
 def test_sigkill_of_the_console_takes_its_children_down_and_the_next_start_recovers(tmp_path, namespace):
     process, out = start_headless(tmp_path, namespace)
     code, took, _ = end_and_count(process, out, tmp_path, namespace, lambda p: p.kill())
+    print(f"SIGKILL: nothing left {took:.2f} s after the console died")
     assert code == -signal.SIGKILL
     # The parent-death SIGTERM is redis-server's clean shutdown: its AOF is synced even now.
     assert "ready to exit, bye bye" in (tmp_path / "data" / "redis" / "redis.log").read_text()

@@ -145,7 +145,7 @@ def test_closing_the_terminal_leaves_nothing(terminal):
     """tmux kill-session: the terminal goes away (SIGHUP); Redis and the workers go with the console."""
     term = terminal().live()
     tmux("kill-session", "-t", term.session)
-    term.nothing_left()
+    print(f"terminal closed: nothing left after {term.nothing_left():.2f} s")
     assert "ready to exit, bye bye" in (term.tmp_path / "data" / "redis" / "redis.log").read_text()
 
 
@@ -153,7 +153,7 @@ def test_closing_the_terminal_leaves_nothing(terminal):
 def test_the_parent_shell_killed_leaves_nothing(terminal):
     term = terminal(shell=True).live()
     os.kill(term.shell_pid, signal.SIGKILL)  # the pane's shell dies: tmux closes the pane, the tty hangs up
-    term.nothing_left()
+    print(f"parent shell killed: nothing left after {term.nothing_left():.2f} s")
 
 
 @pytest.mark.slow
@@ -171,7 +171,7 @@ def test_sigkill_of_the_console_takes_its_children_down(terminal):
     term = terminal().live()
     term.app.kill()
     assert term.exit_code() == str(128 + signal.SIGKILL)
-    term.nothing_left()
+    print(f"console SIGKILLed: nothing left {term.nothing_left():.2f} s after its shell saw it die")
 
 
 @pytest.mark.slow
