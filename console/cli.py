@@ -8,11 +8,15 @@ import os
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 
-from console.output import EXIT_FAILURE, EXIT_INPUT_REJECTED, EXIT_OK, EXIT_USAGE, setup_logging
+from console.output import EXIT_FAILURE, EXIT_INPUT_REJECTED, EXIT_OK, EXIT_UNFINISHED, EXIT_USAGE, setup_logging
 from core.config import Settings
 
+# After a signal, the app gets this long to leave once the runtime is stopped; then the process leaves anyway.
+# A hang-up usually means the terminal is gone, and the UI cannot draw its way out of a closed terminal.
+UI_EXIT_DEADLINE = {signal.SIGTERM: 5.0, signal.SIGINT: 5.0, signal.SIGHUP: 1.0}
 
 
 def _env_help(name: str) -> str:
@@ -21,7 +25,9 @@ def _env_help(name: str) -> str:
 
 EXIT_CODES = (f"Exit codes: {EXIT_OK} all input accepted; {EXIT_INPUT_REJECTED} some input was rejected or a file "
               f"was damaged (its valid records were kept); {EXIT_USAGE} bad usage or settings; "
-              f"{EXIT_FAILURE} the pipeline failed (Redis unreachable, port in use, ...).")
+              f"{EXIT_FAILURE} the pipeline failed (Redis unreachable, port in use, ...); {EXIT_UNFINISHED} stopped "
+              f"by a signal before every accepted user was merged (they are safe in Redis and finish at the next "
+              f"start).")
 
 
 def version() -> str:
@@ -75,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--worker-mode", choices=("inline", "fork"),
         help="inline: jobs run in the worker process (default, fastest); fork: a work-horse per job, as RQ's "
              "classic worker" + _env_help("worker_mode"))
+    add("--stop-grace", type=float, metavar="SECONDS",
+        help="on SIGTERM, wait this long for accepted users to be merged and all_users.json written before "
+             "exiting (default 30); past it the exit code is 4" + _env_help("stop_grace"))
     sec = parser.add_argument_group("security (listening off loopback needs TLS or a token, or --insecure)")
     sec.add_argument("--tls-cert", type=Path, metavar="PEM", help="serve gRPC over TLS with this certificate"
                      + _env_help("tls_cert"))
@@ -99,21 +108,48 @@ def _settings(args: argparse.Namespace) -> Settings:
     return Settings.build(flags)
 
 
+def _graces(settings: Settings) -> dict[int, float]:
+    """How long each stop signal lets accepted work finish. SIGTERM (docker stop, systemd) and ctrl+c ask for
+    a finished job: up to the grace period. SIGHUP means the terminal is gone: stop at once (running jobs
+    finish, queued ones resume at the next start), so nothing outlives the terminal by more than seconds."""
+    return {signal.SIGTERM: settings.stop_grace, signal.SIGINT: settings.stop_grace, signal.SIGHUP: 0.0}
+
+
+def _stopped_line(outcome) -> str:
+    if outcome.remaining is None:
+        return "stopped before every accepted user was known to be merged (Redis did not answer); they are safe " \
+               "in Redis and finish at the next start"
+    if outcome.remaining:
+        return (f"stopped with {outcome.remaining} accepted user(s) not merged yet; they are safe in Redis and "
+                f"finish at the next start")
+    return "stopped, but all_users.json could not be written; it is written again at the next start"
+
+
+def _exit_code(outcome) -> int:
+    return EXIT_OK if outcome.complete else EXIT_UNFINISHED
+
+
 def run_headless(settings: Settings) -> int:
     from core.runtime import Runtime
 
     setup_logging(settings.log_format)
     log = logging.getLogger("swordsec")
+    graces = _graces(settings)
+    runtime = Runtime(settings, watch=not settings.once)
+    received: list[int] = []
     stop = threading.Event()
 
-    def on_signal(*_):
-        if settings.once:
+    def on_signal(signum, _frame):
+        if settings.once and not received:
+            received.append(signum)
             raise KeyboardInterrupt  # leave run_once at once; the finally below stops what we started
+        if received:
+            runtime.abort_drain()  # a second signal: stop waiting, what is left finishes at the next start
+        received.append(signum)
         stop.set()
 
-    for signum in (signal.SIGINT, signal.SIGTERM):
+    for signum in graces:
         signal.signal(signum, on_signal)
-    runtime = Runtime(settings, watch=not settings.once)
     try:
         runtime.start()
         if settings.once:
@@ -121,10 +157,19 @@ def run_headless(settings: Settings) -> int:
             print(summary.line(), flush=True)
             return EXIT_OK if summary.clean else EXIT_INPUT_REJECTED
         while not stop.wait(0.5):
-            pass
-        log.info("stopping: finishing accepted work")
-        return EXIT_OK
+            runtime.check()  # the embedded Redis could not be started again: exit 3 with its one line
+        grace = graces.get(received[0], 0.0)
+        log.info(f"stopping: finishing accepted work (up to {grace:g} s)" if grace else
+                 "stopping: running jobs finish, queued ones resume at the next start")
+        outcome = runtime.stop(grace=grace)
+        if outcome.complete:
+            log.info(f"stopped: every accepted user is merged; all_users.json holds {outcome.users} users")
+            return EXIT_OK
+        print(f"swordsec-console: {_stopped_line(outcome)}", file=sys.stderr, flush=True)
+        return EXIT_UNFINISHED
     finally:
+        for signum in graces:  # a signal now must not interrupt the stop itself: it only shortens the wait
+            signal.signal(signum, lambda *_: runtime.abort_drain())
         runtime.stop()
 
 
@@ -132,9 +177,53 @@ def run_ui(settings: Settings) -> int:
     from console.app import make_app
     from core.runtime import Runtime
 
-    app = make_app(Runtime(settings))
+    runtime = Runtime(settings)
+    app = make_app(runtime)
+    graces = _graces(settings)
+    code: list[int] = []
+
+    def leave(return_code: int, message: str | None = None) -> None:
+        """From a thread: end the app, and the process if the app cannot end (its terminal is gone)."""
+        code.append(return_code)
+        try:
+            app.call_from_thread(app.exit, None, return_code, message)
+        except Exception:  # the app's loop is gone or not running yet
+            pass
+
+    def stop_on_signal(signum: int) -> None:
+        outcome = runtime.stop(grace=graces[signum])
+        exit_code = _exit_code(outcome)
+        # The runtime is stopped; if the app cannot leave (its terminal was closed), the process leaves.
+        deadline = threading.Timer(UI_EXIT_DEADLINE[signum], os._exit, args=(exit_code,))
+        deadline.daemon = True
+        deadline.start()
+        leave(exit_code)
+
+    signalled: list[int] = []
+
+    def on_signal(signum, _frame):
+        if signalled:
+            runtime.abort_drain()  # a second signal: stop waiting for the merge
+            return
+        signalled.append(signum)
+        # Stopping joins threads and waits for processes: never in a signal handler, never on the UI loop.
+        threading.Thread(target=stop_on_signal, args=(signum,), name="stop-on-signal", daemon=True).start()
+
+    def watch_fatal() -> None:
+        while runtime.fatal is None:
+            if runtime.stopped:  # stopped another way: nothing to watch
+                return
+            time.sleep(0.5)
+        leave(EXIT_FAILURE, f"swordsec-console: {runtime.fatal}")
+
+    for signum in graces:
+        signal.signal(signum, on_signal)
+    threading.Thread(target=watch_fatal, name="fatal-watch", daemon=True).start()
     app.run()
-    return app.return_code or EXIT_OK
+    runtime.stop()  # whatever ended the app (an exception included), nothing it started outlives it
+    if app.return_code is not None and app.return_code != 0:
+        return app.return_code
+    return code[0] if code else (app.return_code or EXIT_OK)
 
 
 def main(argv: list[str] | None = None) -> int:

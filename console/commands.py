@@ -148,7 +148,8 @@ def worker(args: argparse.Namespace) -> int:
     supervisor = Supervisor(connection, args.redis_url, args.namespace, args.count, on_event=events.emit,
                             mode=args.mode)
     stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
+    # SIGHUP too: a terminal closed under a hand-started `worker` stops its processes (after their current job).
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, lambda *_: stop.set())
     supervisor.start()
     try:

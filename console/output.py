@@ -6,6 +6,8 @@ import logging
 import sys
 
 EXIT_OK, EXIT_INPUT_REJECTED, EXIT_USAGE, EXIT_FAILURE = 0, 1, 2, 3
+# Stopped (SIGTERM) before every accepted user was merged: they are safe in Redis and finish at the next start.
+EXIT_UNFINISHED = 4
 
 
 def setup_logging(log_format: str) -> None:

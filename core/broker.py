@@ -14,11 +14,14 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
 from urllib.parse import quote
 
 import redis
+
+from core.children import spawn
 
 START_TIMEOUT = 15.0
 # sun_path is 108 bytes on Linux; past that the socket goes to a short private temp folder.
@@ -79,6 +82,9 @@ class Broker:
         self._socket_dir: Path | None = None  # a short private folder when the data folder's path is too long
         self.url: str = url or ""
         self.client: redis.Redis | None = None
+        self._binary: str = ""
+        self._config: Path | None = None
+        self._restart_lock = threading.Lock()
 
     @property
     def embedded(self) -> bool:
@@ -134,21 +140,50 @@ class Broker:
         )
         os.chmod(config, 0o600)
         (folder / "binary").write_text(binary + "\n")
-        self.process = subprocess.Popen([binary, str(config)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.DEVNULL, start_new_session=True)
+        self._binary, self._config = binary, config
+        return self._launch()
+
+    def _launch(self) -> redis.Redis:
+        """Start redis-server on the config written by _start_embedded and wait until it answers."""
+        folder = self.data_dir / "redis"
+        # Its own session: a ctrl+c or a terminal hang-up reaches the console only, which stops Redis last.
+        # The parent-death signal (core.children) stops it cleanly (AOF synced) if the console is killed.
+        self.process = spawn([self._binary, str(self._config)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, start_new_session=True, death_signal=signal.SIGTERM)
         deadline = time.monotonic() + START_TIMEOUT
         while True:
             if self.process.poll() is not None:
-                log = folder / "redis.log"
-                tail = log.read_text(errors="replace").strip().splitlines()[-1:] if log.exists() else []
-                raise BrokerError("embedded redis-server exited at start: " + (tail[0] if tail else "no log"))
+                raise BrokerError("embedded redis-server exited at start: " + (self.log_tail() or "no log"))
             try:
                 return connect(self.url)
             except BrokerError:
                 if time.monotonic() > deadline:
-                    self.stop()
+                    self.process.kill()  # kept (dead) in self.process: stop() and the guard see it exited
+                    self.process.wait()
                     raise BrokerError(f"embedded redis-server did not answer within {START_TIMEOUT:.0f} s") from None
                 time.sleep(0.05)
+
+    def log_tail(self) -> str:
+        log = self.data_dir / "redis" / "redis.log"
+        try:
+            lines = log.read_text(errors="replace").strip().splitlines()
+        except OSError:
+            return ""
+        return lines[-1].strip() if lines else ""
+
+    def exited(self) -> int | None:
+        """The exit code of the embedded redis-server if it died under us (reaped, so no zombie stays)."""
+        process = self.process
+        return None if process is None else process.poll()
+
+    def restart(self) -> None:
+        """Start the embedded redis-server again after it died: same socket, password and AOF, so every
+        client (ours, the workers') reconnects on its own and finds what was accepted."""
+        with self._restart_lock:
+            if not self.embedded or self.process is None or self.process.poll() is None:
+                return
+            self._stop_stale(self.data_dir / "redis")  # a half-dead twin must not hold the AOF
+            self._launch()
 
     @staticmethod
     def _password(folder: Path) -> str:

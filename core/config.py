@@ -46,6 +46,8 @@ class Settings:
     insecure: bool = False
     metrics_listen: str | None = None
     max_concurrent_calls: int = 64
+    # SIGTERM waits this long for accepted users to be merged and all_users.json written before exiting 0.
+    stop_grace: float = 30.0
 
     ENV = {
         "watch": "SWORDSEC_WATCH",
@@ -69,6 +71,7 @@ class Settings:
         "insecure": "SWORDSEC_INSECURE",
         "metrics_listen": "SWORDSEC_METRICS_LISTEN",
         "max_concurrent_calls": "SWORDSEC_MAX_CONCURRENT_CALLS",
+        "stop_grace": "SWORDSEC_STOP_GRACE",
     }
 
     @property
@@ -106,6 +109,8 @@ class Settings:
             raise ConfigError("after-merge must be keep, move or delete")
         if self.worker_mode not in ("inline", "fork"):
             raise ConfigError("worker mode must be inline or fork")
+        if not 0 <= self.stop_grace <= 86_400:
+            raise ConfigError("stop grace must be between 0 and 86400 seconds")
         if self.log_format not in ("text", "json"):
             raise ConfigError("log format must be text or json")
         self._validate_security(_host_of(self.grpc_listen, "gRPC listen address"))

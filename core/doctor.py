@@ -22,10 +22,17 @@ def diagnose(snap, settings) -> list[Problem]:
     problems: list[Problem] = []
     redis = snap.redis
     if not redis.connected:
-        fix = ("the embedded redis-server stopped: check <data-dir>/redis/redis.log and restart the console"
-               if redis.embedded else "start Redis there, or point --redis-url at one that runs")
+        fix = ("the console starts its redis-server again from its AOF; if that keeps failing, read "
+               "<data-dir>/redis/redis.log" if redis.embedded
+               else "start Redis there, or point --redis-url at one that runs; the console retries by itself")
         problems.append(Problem("error", f"Redis at {redis.url} is unreachable ({redis.error or 'no answer'})", fix))
         return problems
+    if redis.error:  # it answers but refuses writes: a full disk under its AOF, or a read-only replica
+        problems.append(Problem("error", redis.error, "free space on that disk; writes resume by themselves, "
+                                                      "no restart needed"))
+    if export_error := snap.export.get("error"):
+        problems.append(Problem("error", export_error, "free space on that disk (or fix its permissions); "
+                                                       "all_users.json is written again by itself"))
     watcher = snap.watcher
     if watcher is not None and not watcher.folder_ok:
         problems.append(Problem("error", f"watched folder {watcher.folder} is {watcher.folder_error}",
@@ -46,6 +53,10 @@ def diagnose(snap, settings) -> list[Problem]:
     if dead:
         problems.append(Problem("warning", f"{dead} worker(s) died recently",
                                 "the supervisor restarts them and requeues their jobs; see the event log"))
+    if frozen := sum(1 for w in snap.workers if w.state == "frozen"):
+        problems.append(Problem("warning", f"{frozen} worker(s) frozen (stopped by a signal)",
+                                "send SIGCONT to resume it; otherwise it is stopped and its job handed back "
+                                "15 s after it froze"))
     if stale:
         problems.append(Problem("warning", f"{stale} worker(s) stopped sending heartbeats",
                                 "a stuck or remote worker: restart it from the Workers panel (R)"))

@@ -29,6 +29,7 @@ class Exporter:
         self.on_event = on_event or (lambda level, text: None)
         self.last: dict = {}
         self.last_seconds = 0.0
+        self.error = ""  # why the last write failed, for the doctor; "" once a write succeeds
         self._written_version = -1
         self._logged_bad: set[str] = set()
         self._lock = threading.Lock()
@@ -103,6 +104,12 @@ class Exporter:
                 try:
                     self.write()
                     written_at = time.monotonic()
+                    if self.error:  # one line per change of state, not one per attempt
+                        self.on_event("info", f"{self.path} written again")
+                        self.error = ""
                 except (OSError, redis.RedisError) as error:
-                    self.on_event("error", f"cannot write {self.path}: {error}")
+                    reason = f"cannot write {self.path}: {getattr(error, 'strerror', None) or error}"
+                    if reason != self.error:
+                        self.on_event("error", reason)
+                        self.error = reason
                     self._stop.wait(1.0)

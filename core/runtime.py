@@ -6,6 +6,7 @@ The headless mode and the TUI drive this same object: start(), commands, snapsho
 from __future__ import annotations
 
 import os
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -19,15 +20,18 @@ from core.config import Settings, is_loopback
 from core.dropfiles import PATTERNS
 from core.events import EventLog
 from core.exporter import Exporter
+from core.redis_guard import RedisGuard
 from core.security import server_name
 from core.server import GrpcServer, Intake
 from core.store import Store
 from core.supervisor import Supervisor
-from core.taskqueue import make_queue
+from core.taskqueue import JSONSerializer, SafeJob, make_queue
 from core.watcher import DONE_STATES, Watcher
 
 
 NO_WORKER_GRACE = 30.0
+# The gRPC server's own grace for calls in flight at stop (a held-back stream is cancelled, not waited on).
+SERVER_STOP_GRACE = 3.0
 
 
 def _usable_folder(path: Path, what: str) -> None:
@@ -40,6 +44,23 @@ def _usable_folder(path: Path, what: str) -> None:
         raise OSError(f"cannot create the {what} {path}: {error.strerror}") from None
     if not os.access(path, os.R_OK | os.W_OK | os.X_OK):
         raise OSError(f"the {what} {path} is not readable and writable by this user")
+
+
+class Fatal(RuntimeError):
+    """The runtime cannot go on (its Redis cannot be started again); the message is one line."""
+
+
+@dataclass(frozen=True)
+class StopOutcome:
+    """How a stop ended: users accepted but not merged (None: unknown, Redis gone) and the final export."""
+
+    remaining: int | None
+    exported: bool
+    users: int | None = None
+
+    @property
+    def complete(self) -> bool:
+        return self.remaining == 0 and self.exported
 
 
 @dataclass
@@ -79,13 +100,30 @@ class Runtime:
         self.watcher: Watcher | None = None
         self.exporter: Exporter | None = None
         self.metrics = None
+        self.guard: RedisGuard | None = None
+        self.fatal: str | None = None
         self.started_at = time.time()
+        self._stop_lock = threading.Lock()
+        self._stopped: StopOutcome | None = None
+        self._drain_abort = threading.Event()
 
     def emit(self, level: str, text: str) -> None:
         self.events.emit(level, text)
 
     # -- lifecycle ------------------------------------------------------------------------------------
     def start(self) -> "Runtime":
+        # Under the stop lock: a signal arriving mid-start stops the runtime after start, never halfway
+        # through it (children started after a stop would be orphans).
+        with self._stop_lock:
+            if self._stopped is not None:
+                raise RuntimeError("the runtime was stopped while it was starting")
+            return self._start()
+
+    @property
+    def stopped(self) -> bool:
+        return self._stopped is not None
+
+    def _start(self) -> "Runtime":
         s = self.settings
         _usable_folder(s.data_dir, "data folder")
         if self.serve:
@@ -93,6 +131,7 @@ class Runtime:
         connection = self.broker.start()
         kind = "embedded" if self.broker.embedded else "external"
         self.emit("info", f"redis: {kind} at {self.broker.display_url}")
+        self.guard = RedisGuard(self.broker, s.namespace, self.emit, self._on_fatal).start()
         self.store = Store(connection, s.namespace)
         if moved := self.store.upgrade_layout(s.merge_key):
             self.emit("info", f"store: {moved} users moved to the compact layout")
@@ -135,8 +174,32 @@ class Runtime:
             host = "127.0.0.1"
         return f"{host}:{self.server.port}"
 
-    def stop(self) -> None:
-        """Stop in dependency order; accepted users are already in Redis, so nothing is lost."""
+    def _on_fatal(self, reason: str) -> None:
+        self.fatal = reason
+        self.emit("error", reason)
+
+    def check(self) -> None:
+        """Raise Fatal when the runtime cannot go on; the modes call it from their main loop."""
+        if self.fatal:
+            raise Fatal(self.fatal)
+
+    def stop(self, grace: float = 0.0) -> StopOutcome:
+        """Stop in dependency order; accepted users are already in Redis, so nothing is lost.
+
+        With a grace period, intake stops first and the workers go on until every accepted user is merged
+        (or the grace runs out, or abort_drain() is called); the outcome says what is left. Safe to call
+        from several threads and more than once: later calls wait for the first and return its outcome.
+        """
+        with self._stop_lock:
+            if self._stopped is None:
+                self._stopped = self._stop(grace)
+            return self._stopped
+
+    def abort_drain(self) -> None:
+        """Stop waiting for the merge (a second signal): stop now, what is left finishes at the next start."""
+        self._drain_abort.set()
+
+    def _stop(self, grace: float) -> StopOutcome:
         if self.metrics:
             self.metrics.stop()
         if self.watcher:
@@ -144,20 +207,52 @@ class Runtime:
         if self.server:
             # Before joining the readers: a stream held back by a full queue is cancelled, not waited on;
             # its file stays "streaming" in the ledger and is read again at the next start.
-            self.server.stop(grace=5.0)
+            self.server.stop(grace=SERVER_STOP_GRACE)
         if self.watcher:
             self.watcher.stop()
         if self.client:
             self.client.close()
+        remaining = self._drain(grace) if self.queue is not None else 0
         if self.supervisor:
             self.supervisor.stop()
+        if self.guard:
+            self.guard.stop()  # before Redis stops, or the guard would start it again
+        exported, users = self.exporter is None, None
         if self.exporter:
             self.exporter.stop()
             try:
-                self.exporter.write()
+                users = self.exporter.write()["count"]
+                exported = True
             except Exception as error:  # Redis already gone: the last periodic export stands
                 self.emit("error", f"final export failed: {error}")
         self.broker.stop()
+        return StopOutcome(remaining=remaining, exported=exported, users=users)
+
+    def _drain(self, grace: float) -> int | None:
+        """Let the workers merge what was accepted, for up to `grace` seconds; users still waiting."""
+        deadline = time.monotonic() + grace
+        while True:
+            remaining = self.pending_users()
+            if remaining == 0 or time.monotonic() >= deadline or self._drain_abort.is_set() or self.fatal:
+                return remaining
+            self._drain_abort.wait(0.1)
+
+    def pending_users(self) -> int | None:
+        """Users accepted (in Redis) and not merged yet: queued and running batch jobs, plus the unary
+        inbox. None when Redis does not answer."""
+        queue = self.queue
+        try:
+            connection = queue.connection
+            ids = [i.decode() for i in connection.lrange(queue.key, 0, -1)]
+            ids += [m.decode().split(":", 1)[0] for m in connection.zrange(queue.started_job_registry.key, 0, -1)]
+            users = connection.llen(self.store.key("inbox"))
+            for job in SafeJob.fetch_many(ids, connection=connection, serializer=JSONSerializer):
+                # A drain job's users are the inbox's, counted above (its script takes them atomically).
+                if job is not None and job.func_name.endswith("merge_batch") and job.args:
+                    users += int(job.args[0].get("count", 0))
+            return users
+        except Exception:  # Redis gone, or a job we cannot read: unknown, never "all done"
+            return None
 
     def __enter__(self):
         return self.start()

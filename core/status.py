@@ -101,6 +101,8 @@ def _collect(runtime, history: History, now: float) -> Snapshot:
         files = tuple(runtime.store.reports(limit=500))
         export = runtime.store.last_export()
         unreadable = runtime.store.unreadable_inbox()
+        if (exporter := runtime.exporter) is not None and getattr(exporter, "error", ""):
+            export = {**export, "error": exporter.error}  # the doctor names the path it cannot write
         failed = _failed_jobs(queue, history)
     except redis.RedisError as error:
         broken = RedisInfo(redis_info.url, redis_info.embedded, False, error=str(error))
@@ -135,8 +137,10 @@ def _redis_info(runtime, connection) -> RedisInfo:
         memory = connection.info("memory")
     except (redis.RedisError, OSError) as error:
         return RedisInfo(connected=False, error=str(error), **base)
+    # Answering is not enough: a Redis on a full disk answers but refuses writes (core.redis_guard probes).
+    refused = runtime.guard.problem if getattr(runtime, "guard", None) is not None else ""
     return RedisInfo(connected=True, version=str(info.get("redis_version", "")),
-                     memory=str(memory.get("used_memory_human", "")), **base)
+                     memory=str(memory.get("used_memory_human", "")), error=refused, **base)
 
 
 def _grpc_info(server) -> GrpcInfo | None:
@@ -189,6 +193,8 @@ def _workers(queue, supervisor, now: float) -> tuple[WorkerInfo, ...]:
         heartbeat = worker.last_heartbeat.timestamp() if worker and worker.last_heartbeat else None
         if process is not None and not process["alive"]:
             state = "dead"
+        elif process is not None and process.get("frozen"):
+            state = "frozen"  # stopped by a signal (core.supervisor hands its job back after a delay)
         elif worker is None:
             state = "starting"
         elif heartbeat is not None and now - heartbeat > WORKER_TTL:

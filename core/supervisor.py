@@ -9,6 +9,7 @@ job carries a Retry) instead of waiting for a heartbeat to expire, and starts a 
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -18,15 +19,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import redis
-from rq.registry import StartedJobRegistry
 from rq.worker import Worker
 
+from core.children import spawn
+from core.handback import hand_back, rescue_stranded
 from core.taskqueue import JSONSerializer, SafeJob
 from core.worker_process import URL_VARIABLE
 
 RESTART_BACKOFF = (0.5, 1, 2, 5, 10)
 STOP_GRACE = 15.0
 RECOVERY_RETRY = 2.0
+# A worker stopped by a signal (SIGSTOP, a debugger: state T or t in /proc) is flagged at once and, if it
+# is still stopped this long after, killed: its job goes back to the queue and a replacement starts.
+# Short enough not to stall a file, long enough for a deliberate pause (a debugger, a quick look).
+FROZEN_HANDBACK = 15.0
 
 
 @dataclass
@@ -35,6 +41,8 @@ class WorkerProcess:
     process: subprocess.Popen
     started_at: float = field(default_factory=time.time)
     restarts: int = 0
+    frozen_since: float | None = None  # monotonic time it was first seen stopped
+    killed: bool = False
 
     @property
     def pid(self) -> int:
@@ -43,6 +51,14 @@ class WorkerProcess:
     @property
     def alive(self) -> bool:
         return self.process.poll() is None
+
+
+def process_state(pid: int) -> str:
+    """The one-letter state in /proc/PID/stat (R, S, D, T, t, Z...); "" when unknown."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return ""
 
 
 class Supervisor:
@@ -118,12 +134,12 @@ class Supervisor:
 
     def alive_count(self) -> int:
         with self._lock:
-            return sum(1 for w in self.workers if w.alive)
+            return sum(1 for w in self.workers if w.alive and w.frozen_since is None)
 
     def processes(self) -> list[dict]:
         with self._lock:
             return [{"name": w.name, "pid": w.pid, "alive": w.alive, "restarts": w.restarts,
-                     "started_at": w.started_at} for w in self.workers]
+                     "started_at": w.started_at, "frozen": w.frozen_since is not None} for w in self.workers]
 
     # -- internals -------------------------------------------------------------------------------------
     def _spawn(self, restarts: int = 0) -> WorkerProcess:
@@ -135,9 +151,11 @@ class Supervisor:
             self.log_dir.mkdir(parents=True, exist_ok=True)
             output = open(self.log_path(name), "ab")
         try:
-            process = subprocess.Popen(
+            # A process group of its own (ctrl+c and a terminal hang-up reach the console, which stops workers
+            # in order) and a parent-death SIGTERM, RQ's warm shutdown, for when the console is killed.
+            process = spawn(
                 [sys.executable, "-m", "core.worker_process", self.queue_name, name, self.mode],
-                env=env, stdin=subprocess.DEVNULL, stdout=output, stderr=output,
+                env=env, stdin=subprocess.DEVNULL, stdout=output, stderr=output, death_signal=signal.SIGTERM,
             )
         finally:
             if output is not None:
@@ -158,6 +176,10 @@ class Supervisor:
     def _terminate(worker: WorkerProcess) -> None:
         if worker.alive:
             worker.process.terminate()  # RQ's warm shutdown: the current job finishes first
+            try:
+                os.kill(worker.pid, signal.SIGCONT)  # a frozen worker cannot act on SIGTERM until resumed
+            except OSError:
+                pass
 
     def _watch(self) -> None:
         retried_at = 0.0
@@ -166,6 +188,7 @@ class Supervisor:
                 retried_at = time.monotonic()
                 self._unrecovered = [name for name in self._unrecovered if not self._recover(name, quiet=True)]
             with self._lock:
+                self._check_frozen()
                 died = [(w, w.process.poll()) for w in self.workers if w.process.poll() is not None]
                 for worker, code in died:
                     self.workers.remove(worker)
@@ -185,6 +208,24 @@ class Supervisor:
                                          f"restarting in {delay:g} s" + (f"; its log: {log}" if log else ""))
                 self._later(delay, worker.restarts + 1)
 
+    def _check_frozen(self) -> None:
+        now = time.monotonic()
+        for worker in self.workers:
+            stopped = worker.alive and process_state(worker.pid) in ("T", "t")
+            if stopped and worker.frozen_since is None:
+                worker.frozen_since = now
+                self.on_event("warning", f"worker {worker.name} (pid {worker.pid}) is frozen (stopped by a signal); "
+                                         f"its job goes back to the queue in {FROZEN_HANDBACK:g} s unless it resumes")
+            elif not stopped and worker.frozen_since is not None and worker.alive:
+                worker.frozen_since = None
+                self.on_event("info", f"worker {worker.name} resumed")
+            elif stopped and not worker.killed and now - worker.frozen_since >= FROZEN_HANDBACK:
+                # SIGKILL is the one signal a stopped process cannot hold back; the death path then hands
+                # its job back and starts a replacement.
+                self.on_event("warning", f"worker {worker.name} frozen for {FROZEN_HANDBACK:g} s: stopping it")
+                worker.killed = True
+                worker.process.kill()
+
     def _later(self, delay: float, restarts: int) -> None:
         timer = threading.Timer(delay, self._replace, args=(restarts,))
         timer.daemon = True  # a pending restart must not keep a stopping program alive
@@ -203,19 +244,10 @@ class Supervisor:
     def _recover(self, dead_name: str, quiet: bool = False) -> bool:
         """Mark the dead worker's started jobs as expired and let RQ's cleanup retry them now."""
         try:
-            registry = StartedJobRegistry(self.queue_name, connection=self.connection, job_class=SafeJob,
-                                          serializer=JSONSerializer)
-            members = self.connection.zrange(registry.key, 0, -1)
-            expired = {}
-            for member in members:
-                job_id = member.decode().split(":", 1)[0]
-                worker_name = self.connection.hget(f"rq:job:{job_id}", "worker_name")
-                if worker_name is not None and worker_name.decode() == dead_name:
-                    expired[member] = 0
-            if expired:
-                self.connection.zadd(registry.key, expired)
-                registry.cleanup()
-                self.on_event("warning", f"requeued {len(expired)} job(s) left by dead worker {dead_name}")
+            count = hand_back(self.connection, self.queue_name, dead_name)
+            count += rescue_stranded(self.connection, self.queue_name)
+            if count:
+                self.on_event("warning", f"requeued {count} job(s) left by dead worker {dead_name}")
             worker = Worker.find_by_key(f"rq:worker:{dead_name}", connection=self.connection,
                                         serializer=JSONSerializer)
             if worker is not None:
