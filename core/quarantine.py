@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from pathlib import Path
 
 import orjson
+
+from core.privacy import file_mode
 
 
 def quarantined(data_dir: Path) -> list[dict]:
@@ -42,3 +45,5 @@ def set_aside(folder: Path, path: Path, report_id: str, reason: str | None, kept
     error = {"file": path.name, "id": report_id, "reason": reason, "records_kept": kept,
              "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     (folder / (path.name + ".error.json")).write_bytes(orjson.dumps(error, option=orjson.OPT_INDENT_2))
+    for name in (path.name, path.name + ".error.json"):  # personal data: private unless --group-readable
+        os.chmod(folder / name, file_mode())
