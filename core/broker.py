@@ -40,6 +40,13 @@ def redact(url: str) -> str:
     scheme, sep, rest = url.partition("://")
     if not sep:
         scheme, rest = "", url
+    try:
+        return _redacted(scheme, sep, rest)
+    except ValueError:  # urllib refuses it (an unbalanced "[", say): show nothing of it
+        return f"{scheme}://<unparsable address>" if sep else "<unparsable address>"
+
+
+def _redacted(scheme: str, sep: str, rest: str) -> str:
     userinfo, at, location = rest.rpartition("@")
     shown = ""
     if at and "@" in urlsplit("//" + rest).netloc:
@@ -48,11 +55,8 @@ def redact(url: str) -> str:
         shown = f"{user}:***@" if colon else "***@"
     elif at:  # a raw `/`, `?` or `#` in the password, or an `@` in the query: hide all of it, never too little
         shown = "***@"
-    try:
-        parts = urlsplit("//" + location)
-        pairs = parse_qsl(parts.query, keep_blank_values=True)
-    except ValueError:
-        return f"{scheme}://<unparsable address>" if sep else "<unparsable address>"
+    parts = urlsplit("//" + location)
+    pairs = parse_qsl(parts.query, keep_blank_values=True)
     query = urlencode([(k, "***" if k.strip().lower() in SECRET_PARAMETERS else v) for k, v in pairs], safe="/:*")
     text = shown + parts.netloc + parts.path + (f"?{query}" if query else "") + (f"#{parts.fragment}"
                                                                                  if parts.fragment else "")
