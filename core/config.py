@@ -48,7 +48,7 @@ class Settings:
     max_concurrent_calls: int = 64
     # Limits meant for outside callers (core.admission, core.backpressure); see docs/DEPLOY.md.
     idle_timeout: float = 60.0
-    max_batch_users: int = 10_000
+    max_batch_users: int = 5_000
     max_staged_bytes: int = 256 * 1024 * 1024
     # Files holding personal data are 0600 in a 0700 data folder; this makes them 0640 in 0750.
     group_readable: bool = False
@@ -138,6 +138,10 @@ class Settings:
             raise ConfigError("idle timeout must be 0 (never) or more seconds")
         if not 1 <= self.max_batch_users <= 100_000:
             raise ConfigError("max batch users must be between 1 and 100000")
+        if self.batch_size > self.max_batch_users:
+            raise ConfigError(f"batch size {self.batch_size} is over the max batch users {self.max_batch_users} "
+                              f"(SWORDSEC_MAX_BATCH_USERS): one batch is one merge script, which blocks Redis while "
+                              f"it runs")
         if self.max_staged_bytes < 0:
             raise ConfigError("max staged bytes must be 0 (no bound) or more")
         # One rule for every listener: off loopback, anyone on the network can connect. Without TLS the

@@ -80,7 +80,7 @@ def health(runtime) -> int:
 @pytest.fixture
 def hostile(runtime_factory):
     runtime = runtime_factory(watch=False, workers=1, max_concurrent_calls=LIMIT, idle_timeout=IDLE,
-                              max_batch_users=MAX_USERS)
+                              max_batch_users=MAX_USERS, batch_size=MAX_USERS)
     # Warm up one ordinary call so lazily created grpc threads and handles are in the baseline.
     with grpc.insecure_channel(f"127.0.0.1:{runtime.server.port}") as channel:
         users_pb2_grpc.UsersStub(channel).SendUserBatches(iter([batch(make_users(1, "warm"))]), timeout=10)
