@@ -263,8 +263,7 @@ class GrpcServer:
         except RuntimeError:  # grpc says "Failed to bind"; say it in our words
             port = 0
         if port == 0:
-            raise OSError(f"cannot listen on {listen} for gRPC: the address is in use (another swordsec-console "
-                          f"or another program holds it) or not available here")
+            raise OSError(f"cannot listen on {listen} for gRPC (address in use or not available)")
         return port
 
     @property
