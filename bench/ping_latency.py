@@ -2,13 +2,13 @@
 
 Redis runs one command at a time, so a Lua merge script that takes 1.2 s (a 300,000-user job) makes every
 other client, health checks included, wait 1.2 s. The goal is that no single script call blocks Redis for
-more than 50 ms; a merge job holds at most one message's users (SWORDSEC_MAX_BATCH_USERS, default 5,000),
+more than 50 ms; a merge job holds at most one message's users (SWORDSEC_MAX_BATCH_USERS, default 1,000),
 normally --batch-size (default 1,000).
 
 Run from the repository root with the project's venv:
 
     .venv/bin/python bench/ping_latency.py                       # 1,000,000 users, batches of 1,000
-    .venv/bin/python bench/ping_latency.py --batch-size 5000     # the largest batch a client may send
+    .venv/bin/python bench/ping_latency.py --batch-size 5000     # with SWORDSEC_MAX_BATCH_USERS raised to match
     .venv/bin/python bench/ping_latency.py --users 200000 --redis-url redis://127.0.0.1:6379
 
 Two figures, printed and never asserted: the worst round trip of a PING sent every millisecond from a
@@ -109,7 +109,7 @@ def main(argv=None) -> int:
     namespace = f"benchping-{uuid.uuid4().hex[:10]}"
     settings = Settings.build(dict(watch=scratch / "drop", data_dir=scratch / "data", redis_url=url,
                                    grpc_listen="127.0.0.1:0", workers=args.workers, namespace=namespace,
-                                   batch_size=args.batch_size, max_batch_users=max(5000, args.batch_size)),
+                                   batch_size=args.batch_size, max_batch_users=max(1000, args.batch_size)),
                               environ={})
     stop, results = multiprocessing.Event(), multiprocessing.Queue()
     probe = multiprocessing.Process(target=pinger, args=(url, stop, results), daemon=True)

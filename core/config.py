@@ -48,7 +48,7 @@ class Settings:
     max_concurrent_calls: int = 64
     # Limits meant for outside callers (core.admission, core.backpressure); see docs/DEPLOY.md.
     idle_timeout: float = 60.0
-    max_batch_users: int = 5_000
+    max_batch_users: int = 1_000
     max_staged_bytes: int = 256 * 1024 * 1024
     # Files holding personal data are 0600 in a 0700 data folder; this makes them 0640 in 0750.
     group_readable: bool = False

@@ -13,13 +13,13 @@ from pathlib import Path
 
 from rq import Worker
 
+from core import privacy
 from core.broker import Broker
 from core.client import UsersClient
 from core.config import Settings
 from core.dropfiles import PATTERNS
 from core.events import EventLog
 from core.exporter import Exporter
-from core import privacy
 from core.security import exposure, server_name
 from core.server import GrpcServer, Intake
 from core.store import Store
