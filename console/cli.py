@@ -84,19 +84,27 @@ def build_parser() -> argparse.ArgumentParser:
     add("--stop-grace", type=float, metavar="SECONDS",
         help="on SIGTERM, wait this long for accepted users to be merged and all_users.json written before "
              "exiting (default 30); past it the exit code is 4" + _env_help("stop_grace"))
-    sec = parser.add_argument_group("security (listening off loopback needs TLS or a token, or --insecure)")
+    sec = parser.add_argument_group("security (listening off loopback needs TLS, or --insecure)")
     sec.add_argument("--tls-cert", type=Path, metavar="PEM", help="serve gRPC over TLS with this certificate"
                      + _env_help("tls_cert"))
     sec.add_argument("--tls-key", type=Path, metavar="PEM", help="private key of --tls-cert" + _env_help("tls_key"))
     sec.add_argument("--token", metavar="SECRET", help="require `authorization: Bearer SECRET` on every call "
                      "(prefer the environment variable: flags show in `ps`)" + _env_help("token"))
     sec.add_argument("--insecure", action="store_true", default=None,
-                     help="allow plaintext, unauthenticated gRPC on a non-loopback address" + _env_help("insecure"))
+                     help="allow plaintext gRPC and metrics on a non-loopback address (a token then travels in clear)"
+                     + _env_help("insecure"))
     sec.add_argument("--max-concurrent-calls", type=int, metavar="N",
-                     help="calls served at once; more get RESOURCE_EXHAUSTED (default 64)"
-                     + _env_help("max_concurrent_calls"))
+                     help="outside calls served at once; more get RESOURCE_EXHAUSTED (default 64; health checks "
+                          "and the console's own watcher are never counted)" + _env_help("max_concurrent_calls"))
+    sec.add_argument("--idle-timeout", type=float, metavar="SECONDS",
+                     help="end a call whose client sends nothing for this long (default 60; 0 never)"
+                     + _env_help("idle_timeout"))
+    sec.add_argument("--group-readable", action="store_true", default=None,
+                     help="all_users.json and quarantined files 0640 in a 0750 data folder, for a group that "
+                          "reads them (default: 0600 in 0700)" + _env_help("group_readable"))
     sec.add_argument("--metrics-listen", metavar="HOST:PORT",
-                     help="serve Prometheus metrics at http://HOST:PORT/metrics" + _env_help("metrics_listen"))
+                     help="serve Prometheus metrics at http://HOST:PORT/metrics (https with --tls-cert); off "
+                          "loopback needs TLS or --insecure" + _env_help("metrics_listen"))
     add("--namespace", metavar="NAME", help="prefix of every Redis key, and the RQ queue name (default swordsec); "
         "pipelines sharing one Redis need different ones" + _env_help("namespace"))
     commands.register(parser.add_subparsers(title="commands", dest="command", metavar="COMMAND"))

@@ -17,7 +17,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
 import redis
 
@@ -33,10 +33,40 @@ class BrokerError(RuntimeError):
 
 
 def redact(url: str) -> str:
-    """The URL with any password replaced by ***, for logs and the screen."""
-    url = re.sub(r"(//[^/@:]*:)[^@/]*@", r"\1***@", url)  # user:password@
-    url = re.sub(r"(//)[^/@:]+@", r"\1***@", url)  # a lone credential@ may be a password: hide it too
-    return re.sub(r"([?&]password=)[^&]*", r"\1***", url)
+    """The URL with every credential replaced by ***, for logs, errors and the screen.
+
+    Parsed, not pattern-matched: the userinfo is everything between `//` and the *last* `@` (as redis-py
+    reads it, so `redis://:p@ss:w0rd@host` hides all of `p@ss:w0rd`; a raw `/`, `?` or `#` in a password
+    also stays inside it), and the query is split by urllib.parse so a `password=` value is hidden
+    whatever it holds. A URL that cannot be parsed is not shown at all.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    try:
+        return _redacted(scheme, sep, rest)
+    except ValueError:  # urllib refuses it (an unbalanced "[", say): show nothing of it
+        return f"{scheme}://<unparsable address>" if sep else "<unparsable address>"
+
+
+def _redacted(scheme: str, sep: str, rest: str) -> str:
+    userinfo, at, location = rest.rpartition("@")
+    shown = ""
+    if at and "@" in urlsplit("//" + rest).netloc:
+        user, colon, _password = userinfo.partition(":")
+        # A lone `credential@` may well be a password (`redis://secret@host`): hide it too.
+        shown = f"{user}:***@" if colon else "***@"
+    elif at:  # a raw `/`, `?` or `#` in the password, or an `@` in the query: hide all of it, never too little
+        shown = "***@"
+    parts = urlsplit("//" + location)
+    pairs = parse_qsl(parts.query, keep_blank_values=True)
+    query = urlencode([(k, "***" if k.strip().lower() in SECRET_PARAMETERS else v) for k, v in pairs], safe="/:*")
+    text = shown + parts.netloc + parts.path + (f"?{query}" if query else "") + (f"#{parts.fragment}"
+                                                                                 if parts.fragment else "")
+    return f"{scheme}://{text}" if sep else text
+
+
+SECRET_PARAMETERS = frozenset({"password", "pass", "pwd", "token", "secret"})
 
 
 def find_redis_server() -> str | None:

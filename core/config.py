@@ -48,6 +48,12 @@ class Settings:
     max_concurrent_calls: int = 64
     # SIGTERM waits this long for accepted users to be merged and all_users.json written before exiting 0.
     stop_grace: float = 30.0
+    # Limits meant for outside callers (core.admission, core.backpressure); see docs/DEPLOY.md.
+    idle_timeout: float = 60.0
+    max_batch_users: int = 1_000
+    max_staged_bytes: int = 256 * 1024 * 1024
+    # Files holding personal data are 0600 in a 0700 data folder; this makes them 0640 in 0750.
+    group_readable: bool = False
 
     ENV = {
         "watch": "SWORDSEC_WATCH",
@@ -72,6 +78,10 @@ class Settings:
         "metrics_listen": "SWORDSEC_METRICS_LISTEN",
         "max_concurrent_calls": "SWORDSEC_MAX_CONCURRENT_CALLS",
         "stop_grace": "SWORDSEC_STOP_GRACE",
+        "idle_timeout": "SWORDSEC_IDLE_TIMEOUT",
+        "max_batch_users": "SWORDSEC_MAX_BATCH_USERS",
+        "max_staged_bytes": "SWORDSEC_MAX_STAGED_BYTES",
+        "group_readable": "SWORDSEC_GROUP_READABLE",
     }
 
     @property
@@ -129,12 +139,35 @@ class Settings:
             raise ConfigError("token must be at least 16 characters with no spaces")
         if self.max_concurrent_calls < 1:
             raise ConfigError("max concurrent calls must be 1 or more")
-        # Off loopback, anyone on the network could push users: demand TLS or a token, or an explicit opt-out.
-        if not is_loopback(host) and not (self.tls or self.token) and not self.insecure:
-            raise ConfigError(f"refusing to listen on {self.grpc_listen} without --tls-cert/--tls-key or --token "
-                              f"(or pass --insecure to accept unauthenticated plaintext)")
+        if self.idle_timeout < 0:
+            raise ConfigError("idle timeout must be 0 (never) or more seconds")
+        if not 1 <= self.max_batch_users <= 100_000:
+            raise ConfigError("max batch users must be between 1 and 100000")
+        if self.batch_size > self.max_batch_users:
+            raise ConfigError(f"batch size {self.batch_size} is over the max batch users {self.max_batch_users} "
+                              f"(SWORDSEC_MAX_BATCH_USERS): one batch is one merge script, which blocks Redis while "
+                              f"it runs")
+        if self.max_staged_bytes < 0:
+            raise ConfigError("max staged bytes must be 0 (no bound) or more")
+        # One rule for every listener: off loopback, anyone on the network can connect. Without TLS the
+        # data, and a token if one is set, cross the network in clear; only --insecure accepts that.
+        if not is_loopback(host) and not self.tls and not self.insecure:
+            what = "the bearer token and users would travel in clear" if self.token else "anyone could push users"
+            raise ConfigError(f"refusing to listen on {self.grpc_listen} without TLS: {what}; pass --tls-cert/"
+                              f"--tls-key (with --token), or --insecure to accept plaintext on a trusted network")
         if self.metrics_listen is not None:
-            _host_of(self.metrics_listen, "metrics listen address")
+            metrics_host = _host_of(self.metrics_listen, "metrics listen address")
+            if not is_loopback(metrics_host) and not self.tls and not self.insecure:
+                raise ConfigError(f"refusing to serve metrics on {self.metrics_listen} without TLS: pass --tls-cert/"
+                                  f"--tls-key, listen on 127.0.0.1, or pass --insecure")
+
+    @property
+    def file_mode(self) -> int:
+        return 0o640 if self.group_readable else 0o600
+
+    @property
+    def folder_mode(self) -> int:
+        return 0o750 if self.group_readable else 0o700
 
 
 def _host_of(address: str, what: str) -> str:

@@ -122,16 +122,26 @@ class RuntimeCollector(Collector):
 class MetricsServer:
     """The HTTP endpoint; its own registry, so several runtimes in one process (tests) never collide."""
 
-    def __init__(self, runtime, listen: str):
+    def __init__(self, runtime, listen: str, tls_cert=None, tls_key=None):
+        """Settings decide who may listen where (loopback by default; off loopback needs TLS or --insecure);
+        with tls_cert/tls_key the endpoint is https. The socket is exclusive: SO_REUSEADDR only, never
+        SO_REUSEPORT, so a second instance cannot share the port."""
         host, _, port = listen.rpartition(":")
         self.host = host.strip("[]")
         self.port = int(port)
+        self.tls = tls_cert is not None
+        self._tls_files = (str(tls_cert), str(tls_key)) if tls_cert is not None else (None, None)
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(RuntimeCollector(runtime))
         self._httpd = None
 
     def start(self) -> "MetricsServer":
-        self._httpd, _thread = start_http_server(self.port, addr=self.host, registry=self.registry)
+        certfile, keyfile = self._tls_files
+        try:
+            self._httpd, _thread = start_http_server(self.port, addr=self.host, registry=self.registry,
+                                                     certfile=certfile, keyfile=keyfile)
+        except OSError as error:
+            raise OSError(f"cannot listen on {self.address} for metrics: {error.strerror or error}") from None
         self.port = self._httpd.server_address[1]
         return self
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import orjson
 
 from core.dropfiles import numbered
+from core.privacy import file_mode
 
 ERROR_SUFFIX = ".error.json"
 
@@ -87,6 +88,9 @@ def set_aside(folder: Path, path: Path, report_id: str, reason: str | None, kept
     error = {"file": path.name, "copy": name if copy else None, "id": report_id, "reason": reason,
              "records_kept": kept, "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     (folder / (name + ERROR_SUFFIX)).write_bytes(orjson.dumps(error, option=orjson.OPT_INDENT_2))
+    for written in (copy, folder / (name + ERROR_SUFFIX)):  # personal data: private unless --group-readable
+        if written is not None:
+            os.chmod(written, file_mode())
     return copy
 
 
@@ -106,7 +110,7 @@ def _claim(folder: Path, name: str, with_copy: bool) -> str:
 
 def _create(path: Path) -> bool:
     try:
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, file_mode()))
     except FileExistsError:
         return False
     return True

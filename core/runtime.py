@@ -14,14 +14,15 @@ from pathlib import Path
 
 from rq import Worker
 
+from core import privacy
 from core.broker import Broker
 from core.client import UsersClient
-from core.config import Settings, is_loopback
+from core.config import Settings
 from core.dropfiles import PATTERNS
 from core.events import EventLog
 from core.exporter import Exporter
 from core.redis_guard import RedisGuard
-from core.security import server_name
+from core.security import exposure, server_name
 from core.server import GrpcServer, Intake
 from core.store import Store
 from core.supervisor import Supervisor
@@ -126,6 +127,9 @@ class Runtime:
     def _start(self) -> "Runtime":
         s = self.settings
         _usable_folder(s.data_dir, "data folder")
+        privacy.set_group_readable(s.group_readable)
+        if problem := privacy.make_private(s.data_dir):
+            self.emit("warning", problem)
         if self.serve:
             _usable_folder(s.watch, "watched folder")
         connection = self.broker.start()
@@ -143,13 +147,12 @@ class Runtime:
         if self.serve:
             intake = Intake(self.store, self.queue, s.merge_key, s.batch_size, s.max_backlog)
             self.server = GrpcServer(intake, s.grpc_listen, tls_cert=s.tls_cert, tls_key=s.tls_key, token=s.token,
-                                     max_concurrent_calls=s.max_concurrent_calls)
+                                     max_concurrent_calls=s.max_concurrent_calls, idle_timeout=s.idle_timeout,
+                                     max_batch_users=s.max_batch_users, max_staged_bytes=s.max_staged_bytes)
             self.server.start()
             intake.drain_leftovers()
             self.emit("info", f"gRPC: serving Users on {self.server.address}"
                               f"{' with TLS' if s.tls else ''}{' with a token' if s.token else ''}")
-            if s.insecure and not (s.tls or s.token) and not is_loopback(s.grpc_listen.rpartition(":")[0]):
-                self.emit("warning", f"gRPC on {self.server.address} is plaintext and unauthenticated (--insecure)")
             self.exporter = Exporter(self.store, s.output_path, s.export_interval, on_event=self.emit)
             if self.watch:  # --once writes the file once, at the end: exporting meanwhile only costs time
                 self.exporter.start()
@@ -164,15 +167,16 @@ class Runtime:
         if s.metrics_listen:
             from core.metrics import MetricsServer
 
-            self.metrics = MetricsServer(self, s.metrics_listen).start()
-            self.emit("info", f"metrics: Prometheus endpoint on http://{self.metrics.address}/metrics")
+            self.metrics = MetricsServer(self, s.metrics_listen, s.tls_cert, s.tls_key).start()
+            self.emit("info", f"metrics: Prometheus endpoint on http{'s' if s.tls else ''}://{self.metrics.address}"
+                              f"/metrics")
+        for level, text in exposure(s, self.server.address if self.server else None,
+                                    self.metrics.address if self.metrics else None):
+            self.emit(level, text)
         return self
 
     def _client_target(self) -> str:
-        host = self.server.address.rpartition(":")[0]
-        if host in ("0.0.0.0", "[::]", "::", ""):
-            host = "127.0.0.1"
-        return f"{host}:{self.server.port}"
+        return self.server.private_target  # our own socket: outside callers' limits never starve the watcher
 
     def _on_fatal(self, reason: str) -> None:
         self.fatal = reason

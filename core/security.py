@@ -2,8 +2,8 @@
 
 The token travels as `authorization: Bearer <token>` (what grpc's own access-token credentials send),
 so any gRPC client can be pointed at us. The health service stays open without a token: load balancers
-and compose healthchecks probe it and it reveals nothing. The concurrent-call limit is grpc's own
-`maximum_concurrent_rpcs` (it answers RESOURCE_EXHAUSTED before a thread is taken), see `server_options`.
+and compose healthchecks probe it and it reveals nothing. Limits for outside callers (concurrency, idle
+streams, users per message) are in core.admission; `exposure` says in the log who can reach what.
 """
 
 from __future__ import annotations
@@ -130,12 +130,41 @@ class BearerToken(grpc.UnaryUnaryClientInterceptor, grpc.StreamUnaryClientInterc
         return continuation(self._details(details), request_iterator)
 
 
-def server_options(max_concurrent_calls: int | None, pool_size: int) -> dict:
-    """grpc.server() keyword arguments for the concurrency limit.
+def exposure(settings, grpc_address: str, metrics_address: str | None) -> list[tuple[str, str]]:
+    """One log line per listener saying who can reach it and how it is protected (level, text)."""
+    from core.config import is_loopback
 
-    grpc's own limit refuses the call with RESOURCE_EXHAUSTED before it is queued; the pool is sized to
-    the limit so that every admitted stream gets a thread instead of waiting silently behind others.
-    """
-    if not max_concurrent_calls:
-        return {"maximum_concurrent_rpcs": None, "pool_size": pool_size}
-    return {"maximum_concurrent_rpcs": max_concurrent_calls, "pool_size": max(pool_size, max_concurrent_calls)}
+    lines = []
+    if grpc_address is None:
+        return lines + _metrics_exposure(settings, metrics_address)
+    host = settings.grpc_listen.rpartition(":")[0]
+    reach = "this machine only" if is_loopback(host) else "the network"
+    guard = ", ".join(g for g in ("TLS" if settings.tls else "", "a bearer token" if settings.token else "") if g)
+    if is_loopback(host) or settings.tls:
+        level = "info" if settings.token or is_loopback(host) else "warning"
+        text = f"exposed: gRPC on {grpc_address} to {reach}, {guard or 'no token'}"
+        if level == "warning":
+            text += ": anyone who reaches it can push users (set --token)"
+        lines.append((level, text))
+    else:  # only with --insecure (Settings refuses otherwise)
+        lines.append(("warning", f"exposed: gRPC on {grpc_address} to the network in plaintext "
+                                 f"({'the token travels in clear' if settings.token else 'unauthenticated'}, "
+                                 f"--insecure)"))
+    return lines + _metrics_exposure(settings, metrics_address)
+
+
+def _metrics_exposure(settings, metrics_address: str | None) -> list[tuple[str, str]]:
+    from core.config import is_loopback
+
+    lines = []
+    if metrics_address:
+        metrics_host = settings.metrics_listen.rpartition(":")[0]
+        if is_loopback(metrics_host):
+            lines.append(("info", f"exposed: metrics on {metrics_address} to this machine only"))
+        elif settings.tls:
+            lines.append(("info", f"exposed: metrics on {metrics_address} to the network over TLS (no token: "
+                                  f"counts only, no user data)"))
+        else:
+            lines.append(("warning", f"exposed: metrics on {metrics_address} to the network in plaintext "
+                                     f"(--insecure; counts only, no user data)"))
+    return lines

@@ -9,10 +9,13 @@ from __future__ import annotations
 import bisect
 import contextlib
 import re
+import shutil
+import tempfile
 import threading
 import time
 import uuid
 from concurrent import futures
+from pathlib import Path
 
 import grpc
 import orjson
@@ -21,6 +24,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from core import security
+from core.admission import DEFAULT_IDLE_TIMEOUT, MAX_BATCH_USERS, RESERVED_THREADS, Admission
+from core.backpressure import StagedBytes
 from core.records import RecordError, normalise
 from core.store import Store
 from core.taskqueue import enqueue_batch, enqueue_drain
@@ -107,12 +112,18 @@ class Intake:
         self.batch_size = batch_size
         self.max_backlog = max_backlog
 
+    # Set by GrpcServer: back-pressure on the bytes staged for queued jobs, not only on their number.
+    staged_bytes_bound: StagedBytes | None = None
+
     def hold(self, context) -> None:
-        """Back-pressure: while the queue is over its bound, stop reading the stream. gRPC flow control
-        then stalls the sender, so a huge drop folder cannot flood Redis's memory with queued batches."""
-        if not self.max_backlog:
+        """Back-pressure: while the queue is over its bound in jobs, or the users staged for queued jobs are
+        over their bound in bytes, stop reading the stream. gRPC flow control then stalls the sender, so a huge
+        drop folder cannot flood Redis's memory with queued batches. An empty queue always admits a batch."""
+        bound = self.staged_bytes_bound
+        if not self.max_backlog and bound is None:
             return
-        while len(self.queue) >= self.max_backlog and context.is_active():
+        while context.is_active() and ((self.max_backlog and len(self.queue) >= self.max_backlog)
+                                       or (bound is not None and bound.over())):
             time.sleep(0.05)
 
     def validate(self, records, first_record: int, report: "Tally") -> list[dict]:
@@ -264,35 +275,71 @@ class UsersService(users_pb2_grpc.UsersServicer):
 
 
 class GrpcServer:
-    """The gRPC server with health and reflection; `port` is the bound port (use port 0 in tests)."""
+    """Two listeners over one service: the public address, and a private unix socket for our own client.
+
+    Public (`listen`): bound exclusively (no SO_REUSEPORT, which grpc turns on by default on Linux and which
+    let a second instance share the port and split its clients' traffic with ours); outside calls are
+    counted, bounded and closed when idle by core.admission.Admission; health is exempt.
+    Private (`private_target`): a unix socket in a fresh 0700 folder, for the console's own watcher client:
+    no outside caller can reach it, so no outside caller can starve it. Same credentials and token as the
+    public port. `port` is the public port (use port 0 in tests).
+    """
 
     def __init__(self, intake: Intake, listen: str, max_workers: int = 16, *, tls_cert=None, tls_key=None,
                  token: str | None = None, max_concurrent_calls: int | None = None,
-                 max_message_bytes: int = MAX_MESSAGE_BYTES):
+                 max_message_bytes: int = MAX_MESSAGE_BYTES, idle_timeout: float | None = None,
+                 max_batch_users: int | None = None, max_staged_bytes: int | None = None, private: bool = True):
         self.service = UsersService(intake)
         self.health = health.HealthServicer()
         self.listen = listen
+        if max_staged_bytes:
+            intake.staged_bytes_bound = StagedBytes(intake.queue, max_staged_bytes)
         # grpc fails an oversize message with RESOURCE_EXHAUSTED on its own call only; other streams go on.
         options = [("grpc.max_receive_message_length", max_message_bytes),
-                   ("grpc.max_send_message_length", max_message_bytes)]
-        limits = security.server_options(max_concurrent_calls, max_workers)
-        self.server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=limits["pool_size"], thread_name_prefix="grpc"), options=options,
-            interceptors=[security.TokenInterceptor(token)] if token else None,
-            maximum_concurrent_rpcs=limits["maximum_concurrent_rpcs"])
-        users_pb2_grpc.add_UsersServicer_to_server(self.service, self.server)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
-        try:
-            if tls_cert:
-                self.port = self.server.add_secure_port(listen, security.server_credentials(tls_cert, tls_key))
-            else:
-                self.port = self.server.add_insecure_port(listen)
-        except RuntimeError:  # grpc says "Failed to bind"; say it in our words
-            self.port = 0
-        if self.port == 0:
-            raise OSError(f"cannot listen on {listen} for gRPC (address in use or not available)")
+                   ("grpc.max_send_message_length", max_message_bytes),
+                   ("grpc.so_reuseport", 0)]
+        self.admission = Admission(max_concurrent_calls,
+                                   DEFAULT_IDLE_TIMEOUT if idle_timeout is None else idle_timeout,
+                                   max_batch_users or MAX_BATCH_USERS)
+        interceptors = [self.admission] + ([security.TokenInterceptor(token)] if token else [])
+        pool = (max_concurrent_calls or max_workers) + RESERVED_THREADS
+        self.server = self._server(pool, options, interceptors)
+        credentials = security.server_credentials(tls_cert, tls_key) if tls_cert else None
+        self.port = self._bind(self.server, listen, credentials)
+        self.private_dir: Path | None = None
+        self.private_server = None
+        if private:
+            self.private_dir = Path(tempfile.mkdtemp(prefix="swordsec-grpc-"))  # mode 0700
+            try:
+                self.private_server = self._server(max_workers, options,
+                                                   [security.TokenInterceptor(token)] if token else None)
+                self._bind(self.private_server, self.private_target, credentials)
+            except BaseException:
+                shutil.rmtree(self.private_dir, ignore_errors=True)
+                raise
         self.serving = False
+
+    def _server(self, pool: int, options: list, interceptors) -> grpc.Server:
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=pool, thread_name_prefix="grpc"),
+                             options=options, interceptors=interceptors)
+        users_pb2_grpc.add_UsersServicer_to_server(self.service, server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+        return server
+
+    @staticmethod
+    def _bind(server: grpc.Server, listen: str, credentials) -> int:
+        try:
+            port = server.add_secure_port(listen, credentials) if credentials else server.add_insecure_port(listen)
+        except RuntimeError:  # grpc says "Failed to bind"; say it in our words
+            port = 0
+        if port == 0:
+            raise OSError(f"cannot listen on {listen} for gRPC (address in use or not available)")
+        return port
+
+    @property
+    def private_target(self) -> str:
+        return f"unix:{self.private_dir / 'grpc.sock'}" if self.private_dir else self.address
 
     @property
     def address(self) -> str:
@@ -300,7 +347,10 @@ class GrpcServer:
         return f"{host}:{self.port}"
 
     def start(self) -> None:
+        self.admission.start()
         self.server.start()
+        if self.private_server is not None:
+            self.private_server.start()
         for name in ("", SERVICE_NAME):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self.serving = True
@@ -308,4 +358,11 @@ class GrpcServer:
     def stop(self, grace: float = 5.0) -> None:
         self.serving = False
         self.health.enter_graceful_shutdown()
-        self.server.stop(grace).wait()
+        stopping = [self.server.stop(grace)]
+        if self.private_server is not None:
+            stopping.append(self.private_server.stop(grace))
+        for event in stopping:
+            event.wait()
+        self.admission.stop()
+        if self.private_dir is not None:
+            shutil.rmtree(self.private_dir, ignore_errors=True)

@@ -373,6 +373,8 @@ def _same_epoch(expected: str, found: str) -> str:
 
 def write_json_array(path: Path, values) -> int:
     """Write pre-encoded JSON values as one array, one per line: temp file, flush, fsync, os.replace."""
+    from core.privacy import file_mode
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     count = 0
@@ -387,7 +389,8 @@ def write_json_array(path: Path, values) -> int:
             out.write(b"\n]\n")
             out.flush()
             os.fsync(out.fileno())
-        os.chmod(tmp, 0o644)
+        # Personal data: owner only (0600) unless --group-readable (0640); mkstemp's 0600 is the floor.
+        os.chmod(tmp, file_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

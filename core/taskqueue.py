@@ -42,18 +42,44 @@ class ForeignJobRefused(RuntimeError):
     """A job that names a function outside core.jobs; it fails without anything being imported."""
 
 
-class SafeJob(Job):
-    """A job that will only call our own job functions.
+def _ignored(_self, _value) -> None:
+    """Setter for a job field we never act on: RQ's restore() may assign it, the value goes nowhere."""
 
-    RQ resolves a job's function by import path even with a JSON serializer, so anyone able to write
-    to the queue could name `os.system`. The check happens before the function is imported; callbacks
-    (also resolved by name) are never honoured because we never set any.
+
+class SafeJob(Job):
+    """A job read from Redis is data, never instructions.
+
+    Anyone able to write to Redis can forge a job hash. RQ acts on these of its fields (rq 3.0 source:
+    job.py, worker/base.py, callbacks.py, webhook.py, queue.py, rate_limit.py, repeat.py), and each is
+    neutralised here:
+      - `func_name`/`instance`: resolved by import path even with a JSON serializer, so a job could name
+        `os.system`; refused before anything is imported, with no retry.
+      - `success/failure/stopped_callback`: also resolved by import path; never honoured.
+      - `webhooks` (RQ 3): JSON HTTP requests to any URL with any headers, sent by the worker on
+        finished/failed: an SSRF from every worker host; always empty, `send_webhooks` does nothing.
+      - dependents (`rq:job:<id>:dependents`): on success or failure the worker moves other jobs, on any
+        queue, to ready; never (SafeQueue), and a job's own dependencies are never fetched.
+      - `rate_limit_key`: releasing a slot promotes jobs waiting under that key; never set.
+      - `repeats_left`/`retry_intervals`/`retries_left`: a job could re-run itself forever or ask for the
+        scheduler; no repeats, immediate retries only, never more than our own RETRY.max.
+      - `meta`, `description`, timeouts and TTLs are plain JSON values that only decide bookkeeping.
     """
 
     def refusal(self) -> str | None:
-        if self.instance is not None or self.func_name not in jobs.ALLOWED:
-            return f"refused: {self.func_name!r} is not a swordsec job function"
+        try:
+            name, instance = self.func_name, self.instance
+        except Exception:  # rq.exceptions.DeserializationError: not even our serializer's JSON
+            return "refused: the job's data is not valid JSON job data"
+        if instance is not None or name not in jobs.ALLOWED:
+            return f"refused: {name!r} is not a swordsec job function"
         return None
+
+    @property
+    def func(self):
+        reason = self.refusal()
+        if reason:
+            raise ForeignJobRefused(reason)
+        return super().func
 
     def _execute(self):
         reason = self.refusal()
@@ -73,12 +99,57 @@ class SafeJob(Job):
     def stopped_callback(self):
         return None
 
+    webhooks = property(lambda self: [], _ignored)
+    rate_limit_key = property(lambda self: None, _ignored)
+    repeats_left = property(lambda self: None, _ignored)
+    retry_intervals = property(lambda self: None, _ignored)
+
+    @property
+    def retries_left(self):
+        stored = self.__dict__.get("_retries_left")
+        return None if stored is None else max(0, min(int(stored), RETRY.max))
+
+    @retries_left.setter
+    def retries_left(self, value):
+        self.__dict__["_retries_left"] = value
+
+    @property
+    def should_retry(self) -> bool:
+        return self.refusal() is None and bool(self.retries_left)
+
+    def send_webhooks(self, status, *, exc_string=None) -> None:
+        return None
+
+    @property
+    def dependent_ids(self) -> list[str]:
+        return []
+
+    @property
+    def dependency(self):
+        return None
+
+    def fetch_dependencies(self, watch: bool = False, pipeline=None) -> list:
+        return []
+
+
+class SafeQueue(Queue):
+    """Our queue: a finished or failed job never releases other jobs (RQ dependents) onto any queue."""
+
+    job_class = SafeJob
+
+    def move_dependents_to_ready(self, job, *args, **kwargs) -> dict:
+        return {}
+
+    def enqueue_dependents(self, job, *args, **kwargs) -> dict:
+        return {}
+
 
 class ForkingWorker(Worker):
     """RQ's classic worker: each job runs in a forked work-horse, so a crash or leak in one job cannot
     touch the worker. About 20 ms of CPU per job goes to the fork."""
 
     job_class = SafeJob
+    queue_class = SafeQueue
 
 
 class InlineWorker(SimpleWorker):
@@ -87,13 +158,14 @@ class InlineWorker(SimpleWorker):
     to RQ at once, so nothing is lost. Job timeouts still hold (SIGALRM in the worker's main thread)."""
 
     job_class = SafeJob
+    queue_class = SafeQueue
 
 
 WORKER_MODES = {"inline": InlineWorker, "fork": ForkingWorker}
 
 
 def make_queue(connection: redis.Redis, name: str) -> Queue:
-    return Queue(name, connection=connection, serializer=JSONSerializer, job_class=SafeJob)
+    return SafeQueue(name, connection=connection, serializer=JSONSerializer, job_class=SafeJob)
 
 
 def make_worker(connection: redis.Redis, queue_name: str, name: str | None = None, mode: str = "inline"):

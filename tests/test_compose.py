@@ -168,7 +168,8 @@ def test_server_command_and_environment_pass_our_validation(compose):
     assert settings.workers == 0 and settings.token == SAMPLE_ENV["SWORDSEC_TOKEN"]
     host = settings.grpc_listen.rpartition(":")[0]
     assert host == "0.0.0.0"
-    without_token = {k: v for k, v in server["environment"].items() if k != "SWORDSEC_TOKEN"}
+    without_token = {k: v for k, v in server["environment"].items()
+                     if k not in ("SWORDSEC_TOKEN", "SWORDSEC_INSECURE")}
     with pytest.raises(ValueError, match="refusing to listen"):
         Settings.build(flags, environ=without_token)
 

@@ -89,3 +89,19 @@ def test_redis_down_gives_up_zero_not_an_error():
 def test_histogram_is_cumulative():
     assert histogram([0.05, 0.3, 7.0], buckets=(0.1, 1.0, 10.0)) == [("0.1", 1), ("1.0", 2), ("10.0", 3),
                                                                      ("+Inf", 3)]
+
+
+def test_metrics_over_tls_with_the_server_certificate(runtime_factory, tmp_path):
+    """Off loopback the endpoint needs TLS (or --insecure); with the --tls-cert pair it serves https only."""
+    import ssl
+
+    from tests.test_security import make_certificate
+
+    cert, key = make_certificate(tmp_path, ["127.0.0.1", "localhost"])
+    runtime = runtime_factory(watch=False, workers=0, tls_cert=cert, tls_key=key, metrics_listen="127.0.0.1:0")
+    context = ssl.create_default_context(cafile=str(cert))
+    with urllib.request.urlopen(f"https://{runtime.metrics.address}/metrics", timeout=10, context=context) as answer:
+        assert b"swordsec_up 1.0" in answer.read()
+    with pytest.raises((urllib.error.URLError, ConnectionError)):
+        urllib.request.urlopen(f"http://{runtime.metrics.address}/metrics", timeout=10).read()
+    assert any("exposed: metrics on" in e.text for e in runtime.events.recent(2000))

@@ -176,24 +176,46 @@ def test_send_command_with_token(runtime_factory, tmp_path):
 
 # -- the listen policy ----------------------------------------------------------------------------------------
 
-def test_non_loopback_needs_tls_or_token_or_insecure(tmp_path):
+def test_non_loopback_needs_tls_or_insecure(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("SWORDSEC_")}
     done = subprocess.run([sys.executable, "-m", "console.cli", "--no-ui", "--once", "--grpc-listen", "0.0.0.0:0",
                            "--data-dir", str(tmp_path / "data"), "--watch", str(tmp_path / "drop")],
                           capture_output=True, text=True, timeout=60, env=env, cwd=tmp_path)
     assert done.returncode == 2
     assert done.stderr.count("\n") == 1 and "refusing to listen on 0.0.0.0:0" in done.stderr
-    for ok in ({"token": TOKEN}, {"insecure": True}, {"grpc_listen": "127.0.0.1:0"}, {"grpc_listen": "[::1]:0"}):
+    cert, key = make_certificate(tmp_path, ["server"])
+    for ok in ({"tls_cert": cert, "tls_key": key, "token": TOKEN}, {"insecure": True},
+               {"insecure": True, "token": TOKEN}, {"grpc_listen": "127.0.0.1:0"}, {"grpc_listen": "[::1]:0"},
+               {"grpc_listen": "127.0.0.1:0", "token": TOKEN}):
         Settings.build({"grpc_listen": "0.0.0.0:0", **ok}, environ={})
+    # A token alone off loopback would cross the network in clear: refused, and the reason says so.
+    with pytest.raises(ConfigError, match="token and users would travel in clear"):
+        Settings.build({"grpc_listen": "0.0.0.0:0", "token": TOKEN}, environ={})
     with pytest.raises(ConfigError, match="both --tls-cert and --tls-key"):
         Settings.build({"tls_cert": tmp_path / "cert.pem"}, environ={})
     assert TOKEN not in repr(Settings.build({"token": TOKEN}, environ={}))
 
 
-def test_insecure_flag_warns(runtime_factory):
-    runtime = runtime_factory(watch=False, workers=0, grpc_listen="0.0.0.0:0", insecure=True)
+def test_metrics_listener_follows_the_same_rule(tmp_path):
+    with pytest.raises(ConfigError, match="refusing to serve metrics on 0.0.0.0:9100 without TLS"):
+        Settings.build({"metrics_listen": "0.0.0.0:9100"}, environ={})
+    with pytest.raises(ConfigError, match="refusing to serve metrics"):
+        Settings.build({"metrics_listen": "0.0.0.0:9100", "token": TOKEN}, environ={})
+    cert, key = make_certificate(tmp_path, ["server"])
+    for ok in ({"metrics_listen": "127.0.0.1:9100"}, {"metrics_listen": "0.0.0.0:9100", "insecure": True},
+               {"metrics_listen": "0.0.0.0:9100", "tls_cert": cert, "tls_key": key}):
+        Settings.build(ok, environ={})
+
+
+def test_the_log_says_what_is_exposed(runtime_factory):
+    runtime = runtime_factory(watch=False, workers=0, grpc_listen="0.0.0.0:0", insecure=True, token=TOKEN,
+                              metrics_listen="0.0.0.0:0")
     warnings = [e.text for e in runtime.events.recent(2000) if e.level == "warning"]
-    assert any("unauthenticated" in text for text in warnings)
+    assert any(f"exposed: gRPC on 0.0.0.0:{runtime.server.port} to the network in plaintext (the token travels "
+               f"in clear" in text for text in warnings), warnings
+    assert any(f"exposed: metrics on 0.0.0.0:{runtime.metrics.port} to the network in plaintext" in text
+               for text in warnings), warnings
+    assert not any(TOKEN in e.text for e in runtime.events.recent(2000))
 
 
 # -- limits ---------------------------------------------------------------------------------------------------
