@@ -99,6 +99,12 @@ def build_parser() -> argparse.ArgumentParser:
     sec.add_argument("--idle-timeout", type=float, metavar="SECONDS",
                      help="end a call whose client sends nothing for this long (default 60; 0 never)"
                      + _env_help("idle_timeout"))
+    sec.add_argument("--max-batch-users", type=int, metavar="N",
+                     help="users one message and one merge job may carry; bigger batches get RESOURCE_EXHAUSTED "
+                          "(default 1000)" + _env_help("max_batch_users"))
+    sec.add_argument("--max-staged-bytes", type=int, metavar="BYTES",
+                     help="back-pressure in bytes: past this much staged in Redis the server stops reading "
+                          "streams until workers catch up (default 268435456, 256 MiB)" + _env_help("max_staged_bytes"))
     sec.add_argument("--group-readable", action="store_true", default=None,
                      help="all_users.json and quarantined files 0640 in a 0750 data folder, for a group that "
                           "reads them (default: 0600 in 0700)" + _env_help("group_readable"))
