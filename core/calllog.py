@@ -2,8 +2,8 @@
 
 The seed logged every request; a line per user drowns a log at thousands of users a second, so streams
 are told when they end and unary calls are summed per peer over a second. It is a server interceptor: it
-reads what the service answered (the counts in the reply) and never changes a call. Calls from our own
-watcher are not told here: the watcher says more about its files once they are merged.
+reads what the service answered (the counts in the reply) and never changes a call. It sits on the public
+port only: our own watcher uses the private socket and says more about its files once they are merged.
 """
 
 from __future__ import annotations
@@ -15,8 +15,6 @@ from collections import defaultdict
 
 import grpc
 
-# The user agent our own drop-folder client announces (grpc.primary_user_agent).
-WATCHER_AGENT = "swordsec-watcher"
 _COUNTS = re.compile(r"accepted (\d+), rejected (\d+)")
 UNARY_WINDOW = 1.0
 
@@ -31,13 +29,6 @@ def _counts(reply) -> tuple[int, int]:
     if found:
         return int(found[1]), int(found[2])
     return (1, 0) if getattr(reply, "status", False) else (0, 1)
-
-
-def _agent(details) -> str:
-    for key, value in details.invocation_metadata or ():
-        if key == "user-agent":
-            return value
-    return ""
 
 
 class CallLog(grpc.ServerInterceptor):
@@ -61,8 +52,7 @@ class CallLog(grpc.ServerInterceptor):
     def intercept_service(self, continuation, handler_call_details):
         handler = continuation(handler_call_details)
         method = handler_call_details.method
-        if handler is None or not method.startswith(self.service) or _agent(handler_call_details).startswith(
-                WATCHER_AGENT):
+        if handler is None or not method.startswith(self.service):
             return handler
         name = method.rpartition("/")[2]
         if handler.unary_unary is not None:

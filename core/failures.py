@@ -16,7 +16,7 @@ from rq.results import Result
 from core.taskqueue import JSONSerializer, SafeJob
 
 POLL_SECONDS = 2.0
-# Failed jobs remembered as already told; RQ's registry keeps them a year, so the set is bounded by this.
+# Failed jobs remembered as already told (only those still in the registry, and at most this many).
 REMEMBER = 10_000
 
 
@@ -33,7 +33,7 @@ class FailureLog:
         self.queue = queue
         self.emit = emit
         self.interval = interval
-        self._told: dict[tuple[str, float], None] = {}  # insertion-ordered, trimmed to REMEMBER
+        self._told: dict[str, None] = {}  # insertion-ordered, trimmed to REMEMBER
         self._primed = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -60,10 +60,12 @@ class FailureLog:
         """Tell the failed jobs not told yet; returns their ids. Jobs that failed before this process
         started are counted in the console and the doctor, not told again one by one at every start."""
         registry = self.queue.failed_job_registry
-        # A job requeued and failed again is told again: its registry score (an expiry time) moved on.
-        entries = [(i.decode() if isinstance(i, bytes) else i, score)
-                   for i, score in self.queue.connection.zrange(registry.key, 0, -1, withscores=True)]
-        new = [(job_id, score) for job_id, score in entries if (job_id, score) not in self._told]
+        present = [i.decode() if isinstance(i, bytes) else i
+                   for i in self.queue.connection.zrange(registry.key, 0, -1)]
+        # A job that left the registry (requeued, deleted) is forgotten, so failing again is told again.
+        still = set(present)
+        self._told = dict.fromkeys(job_id for job_id in self._told if job_id in still)
+        new = [job_id for job_id in present if job_id not in self._told]
         if not self._primed:
             self._primed = True
             self._remember(new)
@@ -72,16 +74,15 @@ class FailureLog:
                                      f"or `rq info -S json {self.queue.name}`")
             return []
         told = []
-        jobs = SafeJob.fetch_many([job_id for job_id, _ in new], connection=self.queue.connection,
-                                  serializer=JSONSerializer)
-        for (job_id, score), job in zip(new, jobs):
-            told.append((job_id, score))
+        for job_id, job in zip(new, SafeJob.fetch_many(new, connection=self.queue.connection,
+                                                       serializer=JSONSerializer)):
+            told.append(job_id)
             if job is None:
                 continue  # deleted or requeued between the two reads
             self.emit("error", f"job {job_id} failed for good ({job.description}): {reason_of(self._exc(job))}",
                       job=job_id)
         self._remember(told)
-        return [job_id for job_id, _ in told]
+        return told
 
     @staticmethod
     def _exc(job) -> str:
@@ -93,7 +94,7 @@ class FailureLog:
             return result.exc_string
         return getattr(job, "_exc_info", None) or ""
 
-    def _remember(self, ids: list[tuple[str, float]]) -> None:
+    def _remember(self, ids: list[str]) -> None:
         self._told.update(dict.fromkeys(ids))
         while len(self._told) > REMEMBER:
             self._told.pop(next(iter(self._told)))

@@ -20,7 +20,9 @@ from core.client import UsersClient
 from core.config import Settings
 from core.dropfiles import PATTERNS
 from core.events import EventLog
+from core.calllog import CallLog
 from core.exporter import Exporter
+from core.failures import FailureLog
 from core.redis_guard import RedisGuard
 from core.security import exposure, server_name
 from core.server import GrpcServer, Intake
@@ -101,6 +103,8 @@ class Runtime:
         self.watcher: Watcher | None = None
         self.exporter: Exporter | None = None
         self.metrics = None
+        self.call_log: CallLog | None = None
+        self.failures: FailureLog | None = None
         self.guard: RedisGuard | None = None
         self.fatal: str | None = None
         self.started_at = time.time()
@@ -140,15 +144,18 @@ class Runtime:
         if moved := self.store.upgrade_layout(s.merge_key):
             self.emit("info", f"store: {moved} users moved to the compact layout")
         self.queue = make_queue(connection, s.namespace)
+        self.failures = FailureLog(self.queue, self.events.emit).start()
         self.supervisor = Supervisor(connection, self.broker.url, s.namespace, s.workers, on_event=self.emit,
                                      mode=s.worker_mode, log_dir=s.data_dir / "logs")
         self.supervisor.start()
         self.emit("info", f"workers: {s.workers} started")
         if self.serve:
             intake = Intake(self.store, self.queue, s.merge_key, s.batch_size, s.max_backlog)
+            self.call_log = CallLog(self.events.emit)
             self.server = GrpcServer(intake, s.grpc_listen, tls_cert=s.tls_cert, tls_key=s.tls_key, token=s.token,
                                      max_concurrent_calls=s.max_concurrent_calls, idle_timeout=s.idle_timeout,
-                                     max_batch_users=s.max_batch_users, max_staged_bytes=s.max_staged_bytes)
+                                     max_batch_users=s.max_batch_users, max_staged_bytes=s.max_staged_bytes,
+                                     call_log=self.call_log)
             self.server.start()
             intake.drain_leftovers()
             self.emit("info", f"gRPC: serving Users on {self.server.address}"
@@ -216,9 +223,13 @@ class Runtime:
             self.watcher.stop()
         if self.client:
             self.client.close()
+        if self.call_log:
+            self.call_log.close()
         remaining = self._drain(grace) if self.queue is not None else 0
         if self.supervisor:
             self.supervisor.stop()
+        if self.failures:
+            self.failures.stop()
         if self.guard:
             self.guard.stop()  # before Redis stops, or the guard would start it again
         exported, users = self.exporter is None, None

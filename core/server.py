@@ -288,7 +288,8 @@ class GrpcServer:
     def __init__(self, intake: Intake, listen: str, max_workers: int = 16, *, tls_cert=None, tls_key=None,
                  token: str | None = None, max_concurrent_calls: int | None = None,
                  max_message_bytes: int = MAX_MESSAGE_BYTES, idle_timeout: float | None = None,
-                 max_batch_users: int | None = None, max_staged_bytes: int | None = None, private: bool = True):
+                 max_batch_users: int | None = None, max_staged_bytes: int | None = None, private: bool = True,
+                 call_log: grpc.ServerInterceptor | None = None):
         self.service = UsersService(intake)
         self.health = health.HealthServicer()
         self.listen = listen
@@ -302,6 +303,8 @@ class GrpcServer:
                                    DEFAULT_IDLE_TIMEOUT if idle_timeout is None else idle_timeout,
                                    max_batch_users or MAX_BATCH_USERS)
         interceptors = [self.admission] + ([security.TokenInterceptor(token)] if token else [])
+        if call_log is not None:  # outside callers only: the private socket is our own watcher's
+            interceptors.append(call_log)
         pool = (max_concurrent_calls or max_workers) + RESERVED_THREADS
         self.server = self._server(pool, options, interceptors)
         credentials = security.server_credentials(tls_cert, tls_key) if tls_cert else None

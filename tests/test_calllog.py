@@ -7,7 +7,7 @@ from concurrent import futures
 import grpc
 import pytest
 
-from core.calllog import WATCHER_AGENT, CallLog
+from core.calllog import CallLog
 from core.server import Intake, UsersService
 from core.store import Store
 from core.taskqueue import make_queue
@@ -59,8 +59,17 @@ def test_unary_calls_are_summed_per_peer_and_window(logged_server):
     assert len(unary) <= 3  # a second of calls is one line, not one line per call
 
 
-def test_our_own_watcher_is_not_told_twice(logged_server):
-    target, lines, _ = logged_server
-    with grpc.insecure_channel(target, options=[("grpc.primary_user_agent", WATCHER_AGENT)]) as channel:
-        users_pb2_grpc.UsersStub(channel).SendUserInfoClientStream(iter([_request(u) for u in make_users(3, "w")]))
-    assert not [text for _, text, _ in lines if "ClientStream" in text]
+def test_the_runtime_logs_outside_senders_but_not_its_own_watcher(runtime_factory, tmp_path):
+    from core.client import UsersClient
+    from tests.conftest import copy_challenge, wait_for
+
+    runtime = runtime_factory(watch=True)
+    [dropped] = copy_challenge(runtime.settings.watch, {"1.json"})
+    wait_for(lambda: any("1.json" in e.text and "merged" in e.text for e in runtime.events.recent()),
+             message="the dropped file merged")
+    [sent] = copy_challenge(tmp_path / "elsewhere", {"2.json"})
+    with UsersClient(f"127.0.0.1:{runtime.server.port}") as client:
+        assert client.send_file(sent).accepted == 1000
+    lines = [e.text for e in runtime.events.recent() if e.text.startswith("gRPC ")]
+    assert len(lines) == 1, lines  # the watcher's own stream goes through the private socket, unlogged
+    assert lines[0].startswith("gRPC SendUserBatches from ipv4:127.0.0.1:") and ": 1000 accepted, 0 rejected" in lines[0]
