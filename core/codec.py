@@ -33,8 +33,11 @@ DICTIONARY_CAP = 65536
 
 
 @functools.cache
-def lua(name: str) -> str:
-    return resources.files("core.lua").joinpath(name).read_text()
+def lua(name: str, with_counters: bool = False) -> str:
+    """A script's source; with_counters prepends core/lua/counters.lua (the Prometheus counters' helpers)."""
+    folder = resources.files("core.lua")
+    source = folder.joinpath(name).read_text()
+    return folder.joinpath("counters.lua").read_text() + "\n" + source if with_counters else source
 
 
 def bucket_of(key: str) -> int:

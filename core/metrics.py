@@ -1,9 +1,10 @@
-"""The Prometheus endpoint (`--metrics-listen HOST:PORT`): read from Redis and the supervisor at scrape time.
+"""The Prometheus endpoint (`--metrics-listen HOST:PORT`), named by Prometheus's naming guide.
 
-Nothing is counted in this process: every value is computed from the store of record when Prometheus
-asks, so the numbers agree with the console and with what workers on other machines did, and a
-restarted server does not reset them. A scrape costs a handful of Redis reads plus one pipelined read
-of the newest file reports (REPORT_WINDOW), which bounds its cost however many files were ever ingested.
+Counters (`*_total`) and the file latency histogram are kept in Redis (core/lua/counters.lua): the
+scripts and the server add to them where things happen, so they only grow, survive restarts, and add up
+the work of every server and worker process on any machine; `rate()` works on them. Gauges are read
+from Redis and the supervisor when Prometheus asks. A scrape costs a handful of Redis reads however many
+files were ever ingested. The client library's own process_* and python_* collectors are on too.
 """
 
 from __future__ import annotations
@@ -12,38 +13,24 @@ import time
 from collections import Counter
 
 import redis
-from prometheus_client import CollectorRegistry, start_http_server
-from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client import GC_COLLECTOR, PLATFORM_COLLECTOR, PROCESS_COLLECTOR, CollectorRegistry, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 from rq import Worker
 from rq.registry import FailedJobRegistry, StartedJobRegistry
 
 from core.taskqueue import JSONSerializer
 
+# The newest file reports looked at for the files-by-state gauge; bounds a scrape's cost.
 REPORT_WINDOW = 1000
-LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+# Must match LATENCY_BOUNDS in core/lua/counters.lua, string for string (they name Redis hash fields).
+LATENCY_BOUNDS = ("0.1", "0.25", "0.5", "1", "2.5", "5", "10", "30", "60", "120", "300")
 FILE_STATES = ("streaming", "queued", "merged", "rejected")
-
-
-def ingest_seconds(report: dict) -> float | None:
-    """From the first byte read to the last batch accepted (or merged, when the store records when)."""
-    try:
-        started = float(report.get("started_at") or 0)
-        ended = float(report.get("merged_at") or report.get("finished_at") or 0)
-        if started and ended >= started:
-            return ended - started
-        return float(report["seconds"]) if report.get("seconds") is not None else None
-    except (TypeError, ValueError):  # a report written by an older or newer version: skip, never fail a scrape
-        return None
-
-
-def histogram(values: list[float], buckets=LATENCY_BUCKETS) -> list[tuple[str, int]]:
-    cumulative = [(str(bound), sum(1 for v in values if v <= bound)) for bound in buckets]
-    return [*cumulative, ("+Inf", len(values))]
+MERGE_OUTCOMES = ("new", "updated", "duplicate")
 
 
 class RuntimeCollector(Collector):
-    """Reads runtime.store, runtime.queue and runtime.supervisor on every scrape."""
+    """Reads the store, the queue and the supervisor of a runtime on every scrape."""
 
     def __init__(self, runtime):
         self.runtime = runtime
@@ -62,28 +49,19 @@ class RuntimeCollector(Collector):
 
     def _families(self):
         store, queue, supervisor = self.runtime.store, self.runtime.queue, self.runtime.supervisor
-        reports = store.reports(limit=REPORT_WINDOW)
+        counters = store.counters()
+        yield from _counter_families(counters)
 
-        users = GaugeMetricFamily("swordsec_users_merged", "Distinct users in the store (all_users.json holds these)")
+        users = GaugeMetricFamily("swordsec_users", "Distinct users in the store (all_users.json holds these)")
         users.add_metric([], store.count())
         yield users
-        accepted = GaugeMetricFamily("swordsec_users_accepted",
-                                     f"Users accepted from the newest {REPORT_WINDOW} files")
-        accepted.add_metric([], sum(r.get("accepted", 0) for r in reports))
-        yield accepted
-        rejected = GaugeMetricFamily("swordsec_users_rejected",
-                                     f"Records rejected (invalid) in the newest {REPORT_WINDOW} files")
-        rejected.add_metric([], sum(r.get("rejected", 0) for r in reports))
-        yield rejected
 
-        by_state = Counter(r.get("state", "unknown") for r in reports)
-        files = GaugeMetricFamily("swordsec_files", f"Files by state (newest {REPORT_WINDOW})", labels=["state"])
+        by_state = Counter(r.get("state", "unknown") for r in store.reports(limit=REPORT_WINDOW))
+        files = GaugeMetricFamily("swordsec_ledger_files", f"Files of the newest {REPORT_WINDOW} reports by state",
+                                  labels=["state"])
         for state in sorted(set(FILE_STATES) | set(by_state)):
             files.add_metric([state], by_state.get(state, 0))
         yield files
-        damaged = GaugeMetricFamily("swordsec_files_damaged", "Files whose tail was unreadable (complete records kept)")
-        damaged.add_metric([], sum(1 for r in reports if r.get("damage")))
-        yield damaged
 
         depth = GaugeMetricFamily("swordsec_queue_jobs", "RQ jobs of our queue by registry", labels=["state"])
         depth.add_metric(["queued"], len(queue))
@@ -102,12 +80,6 @@ class RuntimeCollector(Collector):
         local.add_metric([], supervisor.alive_count() if supervisor else 0)
         yield local
 
-        latencies = [s for s in (ingest_seconds(r) for r in reports if r.get("state") == "merged") if s is not None]
-        latency = HistogramMetricFamily("swordsec_ingest_latency_seconds",
-                                        f"Seconds from reading a file to its users accepted (newest {REPORT_WINDOW})")
-        latency.add_metric([], histogram(latencies), sum_value=sum(latencies))
-        yield latency
-
         export = store.last_export()
         if export:
             age = GaugeMetricFamily("swordsec_export_age_seconds", "Seconds since all_users.json was last written")
@@ -117,6 +89,36 @@ class RuntimeCollector(Collector):
                                     "Stored user values the last export could not decode and left out")
             bad.add_metric([], export.get("undecodable", 0))
             yield bad
+
+
+def _counter_families(counters: dict[str, float]):
+    """The monotonic families, from the counters hash (core/lua/counters.lua names its fields)."""
+    def counter(name: str, documentation: str, field: str) -> CounterMetricFamily:
+        family = CounterMetricFamily(name, documentation)
+        family.add_metric([], counters.get(field, 0))
+        return family
+
+    yield counter("swordsec_records_accepted", "Records the server accepted (valid) and handed to the queue",
+                  "records:accepted")
+    yield counter("swordsec_records_rejected", "Records the server rejected as invalid", "records:rejected")
+    merged = CounterMetricFamily("swordsec_users_merged", "Users merged by the workers, by what the merge did",
+                                 labels=["outcome"])
+    for outcome in MERGE_OUTCOMES:
+        merged.add_metric([outcome], counters.get(f"users:{outcome}", 0))
+    yield merged
+    files = CounterMetricFamily("swordsec_files", "Files ingested to the end: merged, or rejected and set aside",
+                                labels=["outcome"])
+    for outcome in ("merged", "rejected"):
+        files.add_metric([outcome], counters.get(f"files:{outcome}", 0))
+    yield files
+    yield counter("swordsec_files_damaged", "Files cut short or unreadable in part (their complete records kept)",
+                  "files:damaged")
+    latency = HistogramMetricFamily("swordsec_ingest_latency_seconds",
+                                    "Seconds from starting to read a file to its last batch merged")
+    buckets = [(str(float(bound)), counters.get(f"latency:le:{bound}", 0)) for bound in LATENCY_BOUNDS]
+    latency.add_metric([], [*buckets, ("+Inf", counters.get("latency:count", 0))],
+                       sum_value=counters.get("latency:sum", 0))
+    yield latency
 
 
 class MetricsServer:
@@ -133,6 +135,8 @@ class MetricsServer:
         self._tls_files = (str(tls_cert), str(tls_key)) if tls_cert is not None else (None, None)
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(RuntimeCollector(runtime))
+        for standard in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):  # process_*, python_*
+            self.registry.register(standard)
         self._httpd = None
 
     def start(self) -> "MetricsServer":

@@ -133,6 +133,8 @@ class Intake:
                 users.append(normalise(record))
             except RecordError as error:
                 report.reject(first_record + offset, str(error))
+        if rejected := len(records) - len(users):
+            self.store.count_records(rejected=rejected)  # accepted ones are counted as they are staged
         return users
 
     def enqueue(self, report_id: str, attempt: str, source: str, span: str, users: list[dict]) -> None:
@@ -207,6 +209,7 @@ class UsersService(users_pb2_grpc.UsersServicer):
             try:
                 user = normalise(user_from_pb(request))
             except RecordError as error:
+                self.intake.store.count_records(rejected=1)
                 return users_pb2.UserResponse(status=False, message=str(error))
             self.intake.unary(user)
             tally.accepted = 1

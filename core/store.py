@@ -17,6 +17,7 @@ Key layout (all under the namespace, default "swordsec"):
                       file:<id>:seen:<attempt> the ranges the current ingest attempt has counted
   files         zset  file id -> last update time (the ledger index, newest first)
   export        hash  what the last all_users.json write held
+  counters      hash  Prometheus counters (core/lua/counters.lua, core/metrics.py): monotonic, every process adds
 
 all_users.json lists the users bucket by bucket, by merge key inside a bucket: the same users always
 give the same bytes, and an export never holds more than a few buckets in memory.
@@ -56,12 +57,13 @@ class Store:
     def __init__(self, connection: redis.Redis, namespace: str = "swordsec"):
         self.redis = connection
         self.ns = namespace
-        self._merge = connection.register_script(lua("merge.lua"))
+        self._merge = connection.register_script(lua("merge.lua", with_counters=True))
         self._push_unary = connection.register_script(lua("push_unary.lua"))
-        self._finish_file = connection.register_script(lua("finish_file.lua"))
+        self._finish_file = connection.register_script(lua("finish_file.lua", with_counters=True))
         self._walk = connection.register_script(lua("walk.lua"))
         self.codec = Codec(Dictionary(connection, namespace))
         self.bucket_prefix = self.key("users") + ":"
+        self.counters_key = self.key("counters")
 
     def key(self, *parts: str) -> str:
         return ":".join((self.ns, *parts))
@@ -78,7 +80,7 @@ class Store:
             self.key("version"), self.report_key(report_id), self.report_key(report_id, "done"),
             self.key("inbox"), self.report_key(report_id, "seen", attempt), blob or self.key("batch", "none"),
             self.key("users", "count"), self.codec.dictionary.keys[2], self.key("inbox", "unreadable"),
-            self.key("staged"), self.key("staged", "jobs"),
+            self.key("staged"), self.key("staged", "jobs"), self.counters_key,
         ]
 
     # -- writing users -------------------------------------------------------------------------------
@@ -97,6 +99,7 @@ class Store:
             pipe.incrby(self.key("seq"), max(1, len(users)))
             pipe.set(blob, orjson.dumps(users))
             pipe.zadd(self.key("staged"), {blob: time.time()})
+            self.count_records(accepted=len(users), client=pipe)
             last, *_ = pipe.execute()
         return int(last) - max(1, len(users)) + 1, blob
 
@@ -151,7 +154,8 @@ class Store:
     def push_unary(self, user: dict, key_field: str) -> bool:
         """Hand one user to the inbox; True when the caller must enqueue a drain job."""
         key = merge_key(user, key_field)
-        keys = [self.key("inbox"), self.key("seq"), self.key("inbox", "pending"), self.codec.dictionary.keys[2]]
+        keys = [self.key("inbox"), self.key("seq"), self.key("inbox", "pending"), self.codec.dictionary.keys[2],
+                self.counters_key]
 
         def attempt():
             epoch, (row,) = self.codec.encode([user])
@@ -218,7 +222,27 @@ class Store:
         with self.redis.pipeline() as pipe:
             pipe.hset(self.report_key(report_id), mapping=mapping)
             pipe.zadd(self.key("files"), {report_id: time.time()})
+            self._count_outcome(pipe, fields)
             pipe.execute()
+
+    def _count_outcome(self, client, fields: dict) -> None:
+        """Count a file set aside (rejected) or cut short (damage) once, when its report says so."""
+        if fields.get("state") == "rejected":
+            client.hincrby(self.counters_key, "files:rejected", 1)
+        if fields.get("damage"):
+            client.hincrby(self.counters_key, "files:damaged", 1)
+
+    def count_records(self, accepted: int = 0, rejected: int = 0, client=None) -> None:
+        """The records:accepted / records:rejected counters (validated by the server)."""
+        client = client or self.redis
+        if accepted:
+            client.hincrby(self.counters_key, "records:accepted", accepted)
+        if rejected:
+            client.hincrby(self.counters_key, "records:rejected", rejected)
+
+    def counters(self) -> dict[str, float]:
+        """Every Prometheus counter kept in Redis (core/lua/counters.lua), by field."""
+        return {k.decode(): float(v) for k, v in self.redis.hgetall(self.counters_key).items()}
 
     def begin_attempt(self, report_id: str, **fields) -> str:
         """Start a new ingest attempt of a file: batches of earlier attempts no longer count towards it."""
@@ -249,7 +273,8 @@ class Store:
                 args += [name, _field(value)]
         self.redis.zadd(self.key("files"), {report_id: time.time()})
         attempt = self.attempt(report_id)
-        keys = [self.report_key(report_id), self.report_key(report_id, "seen", attempt)]
+        keys = [self.report_key(report_id), self.report_key(report_id, "seen", attempt), self.counters_key]
+        self._count_outcome(self.redis, fields)
         return bool(self._finish_file(keys=keys, args=args))
 
     def report(self, report_id: str) -> dict:

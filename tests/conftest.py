@@ -1,10 +1,10 @@
 """Real services for tests: Redis (embedded and external), gRPC on a loopback port, worker processes.
 
 Every test gets its own key namespace (which is also its RQ queue name), so no test sees another's keys.
-The machine's Redis is used in a database of the suite's own (15 unless SWORDSEC_TEST_REDIS_URL says
-otherwise), and left exactly as the suite found it: every key a test creates is deleted after it, RQ's
+The machine's Redis is used in a database of the suite's own: the highest-numbered empty one, claimed
+with a marker key for the session (so two suites at once never share one), unless SWORDSEC_TEST_REDIS_URL
+names it. It is left exactly as the suite found it: every key a test creates is deleted after it, RQ's
 global keys included (rq:queues, rq:workers, jobs, registries), and the session ends by checking that.
-Two suites at once against the same test database would delete each other's keys: don't.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ from core.runtime import Runtime
 
 ROOT = Path(__file__).resolve().parent.parent
 CHALLENGE = ROOT / "tests" / "data" / "challenge"  # copied from the project's public challenge data
-EXTERNAL_URL = os.environ.get("SWORDSEC_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+EXTERNAL_REDIS = "redis://127.0.0.1:6379"
+CLAIM_KEY = "swordsec-test-suite"
 
 
 def wait_for(predicate, timeout: float = 30.0, interval: float = 0.05, message: str = "condition"):
@@ -39,12 +40,23 @@ def wait_for(predicate, timeout: float = 30.0, interval: float = 0.05, message: 
         time.sleep(interval)
 
 
-def external_redis_available() -> bool:
+def claim_external_database() -> str | None:
+    """The URL of the machine's Redis database this session uses, or None when no Redis answers."""
+    given = os.environ.get("SWORDSEC_TEST_REDIS_URL")
     try:
-        redis.Redis.from_url(EXTERNAL_URL, socket_connect_timeout=1).ping()
-        return True
+        if given:
+            redis.Redis.from_url(given, socket_connect_timeout=1).ping()
+            return given
+        for db in range(15, 0, -1):
+            client = redis.Redis.from_url(f"{EXTERNAL_REDIS}/{db}", socket_connect_timeout=1)
+            # Empty, then ours: the marker is set only where nothing else is (a crashed suite's expires).
+            if client.dbsize() == 0 and client.set(CLAIM_KEY, os.getpid(), nx=True, ex=6 * 3600):
+                if client.dbsize() == 1:
+                    return f"{EXTERNAL_REDIS}/{db}"
+                client.delete(CLAIM_KEY)
+        return None
     except redis.RedisError:
-        return False
+        return None
 
 
 class Footprint:
@@ -79,12 +91,21 @@ def _chunks(items: list, size: int):
 
 
 @pytest.fixture(scope="session")
-def external_footprint():
+def external_url():
+    """The claimed database of the machine's Redis (None without one); released when the suite ends."""
+    url = claim_external_database()
+    yield url
+    if url and not os.environ.get("SWORDSEC_TEST_REDIS_URL"):
+        redis.Redis.from_url(url).delete(CLAIM_KEY)
+
+
+@pytest.fixture(scope="session")
+def external_footprint(external_url):
     """The machine's Redis as the suite found it; checked once more when the suite ends."""
-    if not external_redis_available():
+    if external_url is None:
         yield None
         return
-    client = redis.Redis.from_url(EXTERNAL_URL)
+    client = redis.Redis.from_url(external_url)
     footprint = Footprint(client)
     yield footprint
     # Workers of the last test may still be writing their final heartbeat: give them a moment, not forever.
@@ -94,7 +115,7 @@ def external_footprint():
         time.sleep(0.2)
     keys, members = footprint.leftovers()
     client.close()
-    assert not keys and not members, f"the suite left keys in {EXTERNAL_URL}: {sorted(keys)[:5]} {members}"
+    assert not keys and not members, f"the suite left keys in {external_url}: {sorted(keys)[:5]} {members}"
 
 
 @pytest.fixture(autouse=True)
@@ -114,13 +135,14 @@ def embedded_broker(tmp_path_factory):
 
 
 @pytest.fixture(params=["embedded", "external"])
-def redis_url(request, embedded_broker) -> str:
+def redis_url(request, embedded_broker, external_url) -> str:
     """Each test that takes this runs twice: on the embedded Redis and on the machine's Redis."""
     if request.param == "embedded":
         return embedded_broker.url
-    if not external_redis_available():
-        pytest.skip(f"no external Redis answers at {EXTERNAL_URL} (set SWORDSEC_TEST_REDIS_URL to test one)")
-    return EXTERNAL_URL
+    if external_url is None:
+        pytest.skip(f"no external Redis answers at {EXTERNAL_REDIS} with a free database "
+                    f"(set SWORDSEC_TEST_REDIS_URL to test one)")
+    return external_url
 
 
 @pytest.fixture

@@ -17,7 +17,6 @@ import psutil
 import pytest
 import redis
 
-from conftest import EXTERNAL_URL, external_redis_available
 from lifecycle_helpers import (assert_nothing_left, by_command_line, children_of, living, program, start_headless,
                                wait_children, wait_line)
 
@@ -95,8 +94,10 @@ def test_an_unexpected_exception_stops_everything_with_one_line(tmp_path, namesp
     assert "unexpected error: ZeroDivisionError: injected by the test" in text and "Traceback" not in text
 
 
-@pytest.mark.skipif(not external_redis_available(), reason=f"no external Redis at {EXTERNAL_URL}")
-def test_an_external_redis_and_remote_workers_are_never_stopped(tmp_path, namespace):
+def test_an_external_redis_and_remote_workers_are_never_stopped(tmp_path, namespace, external_url):
+    if external_url is None:
+        pytest.skip("no external Redis answers (set SWORDSEC_TEST_REDIS_URL to test one)")
+    EXTERNAL_URL = external_url
     connection = redis.Redis.from_url(EXTERNAL_URL)
     remote_out = tmp_path / "remote.out"
     env = {**os.environ, "SWORDSEC_NAMESPACE": namespace}

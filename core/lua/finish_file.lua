@@ -1,5 +1,6 @@
 -- Record how many batches the current attempt sent, and mark the file merged if workers already did them all.
--- KEYS: 1 file report, 2 counted-ranges set of the attempt.  ARGV: 1 batches_total, then field, value pairs.
+-- KEYS: 1 file report, 2 counted-ranges set of the attempt, 3 Prometheus counters (core/lua/counters.lua).
+-- ARGV: 1 batches_total, then field, value pairs.
 -- Every check comes before the first write, so a refusal leaves the report as it was.
 for i, kind in ipairs({'hash', 'set'}) do
   local found = redis.call('TYPE', KEYS[i])['ok']
@@ -20,6 +21,9 @@ redis.call('HSET', KEYS[1], 'batches_done', finished)
 local state = redis.call('HGET', KEYS[1], 'state')
 if finished >= tonumber(ARGV[1]) and state ~= 'rejected' then
   redis.call('HSET', KEYS[1], 'state', 'merged')
+  if state ~= 'merged' then
+    count_merged_file(KEYS[3], KEYS[1])
+  end
   return 1
 end
 return 0

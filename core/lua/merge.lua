@@ -15,7 +15,7 @@
 -- KEYS: 1 version counter, 2 file report hash, 3 applied-ranges set of the file, 4 inbox list,
 --       5 counted-ranges set of this attempt, 6 the batch's staged users (deleted once applied, in the
 --       same step), 7 user count, 8 dictionary epoch, 9 unreadable inbox items, 10 staged-batch index
---       (zset), 11 staged batch -> job id (hash)
+--       (zset), 11 staged batch -> job id (hash), 12 Prometheus counters (hash, core/lua/counters.lua)
 -- ARGV: 1 mode ("batch", "drain" or "load"), 2 range or drain size, 3 attempt, 4 dictionary epoch the
 --       values use ("" when none), 5 bucket key prefix, then bucket, key, value triples
 -- Returns {new, updated, duplicate, taken or skipped}, or {-1} when the dictionary epoch moved on.
@@ -188,12 +188,16 @@ end
 redis.call('HINCRBY', report, 'new', new)
 redis.call('HINCRBY', report, 'updated', updated)
 redis.call('HINCRBY', report, 'duplicate', dup)
+count_users(KEYS[12], new, updated, dup)
 if mode == 'batch' and attempt == ARGV[3] then
   redis.call('SADD', KEYS[5], ARGV[2])
   local finished = redis.call('SCARD', KEYS[5])
   redis.call('HSET', report, 'batches_done', finished)
   if total and finished >= tonumber(total) and state ~= 'rejected' then
     redis.call('HSET', report, 'state', 'merged')
+    if state ~= 'merged' then  -- a retried batch of a merged file is not a second merged file
+      count_merged_file(KEYS[12], report)
+    end
   end
 end
 return {new, updated, dup, taken + skipped}

@@ -2,7 +2,7 @@
 -- enqueue a drain job (none is pending), so a burst of unary calls costs one job, not one per user.
 -- An inbox item is a msgpack array {seq, bucket, key, array}: binary-safe, so no character a user
 -- sends (TAB, NUL, newline...) can be taken for a separator. merge.lua drains it.
--- KEYS: 1 inbox list, 2 sequence counter, 3 drain-pending flag, 4 dictionary epoch.
+-- KEYS: 1 inbox list, 2 sequence counter, 3 drain-pending flag, 4 dictionary epoch, 5 Prometheus counters.
 -- ARGV: 1 bucket, 2 key, 3 array (core/codec.py), 4 flag ttl (s), 5 dictionary epoch the array uses or ""
 -- Answers -1, pushing nothing, when that epoch is gone (the namespace was cleared).
 -- Every check comes before the first write, so a refusal leaves nothing behind.
@@ -28,6 +28,7 @@ if ARGV[5] ~= '' and redis.call('GET', KEYS[4]) ~= ARGV[5] then
 end
 seq = redis.call('INCR', KEYS[2])
 redis.call('RPUSH', KEYS[1], cmsgpack.pack({seq, bucket, ARGV[2], ARGV[3]}))
+redis.call('HINCRBY', KEYS[5], 'records:accepted', 1)
 if redis.call('SET', KEYS[3], '1', 'NX', 'EX', ttl) then
   return 1
 end
