@@ -175,12 +175,14 @@ def test_message_bytes_at_the_limit_and_one_past_it(hostile):
     body = orjson.dumps(user)
     envelope = users_pb2.UserBatch(users_json=body, source="hostile").ByteSize() - len(body)
     # Padding JSON whitespace keeps the array valid; the varint length prefix grows with it, so solve for it.
+    def padded(pad: int) -> users_pb2.UserBatch:
+        return users_pb2.UserBatch(users_json=body[:-1] + b" " * pad + b"]", source="hostile")
+
     pad = MAX_MESSAGE_BYTES - envelope - len(body)
-    while users_pb2.UserBatch(users_json=body[:-1] + b" " * pad + b"]", source="hostile").ByteSize() > MAX_MESSAGE_BYTES:
+    while padded(pad).ByteSize() > MAX_MESSAGE_BYTES:
         pad -= 1
-    at = users_pb2.UserBatch(users_json=body[:-1] + b" " * pad + b"]", source="hostile")
-    assert at.ByteSize() == MAX_MESSAGE_BYTES
-    past = users_pb2.UserBatch(users_json=body[:-1] + b" " * (pad + 1) + b"]", source="hostile")
+    at, past = padded(pad), padded(pad + 1)
+    assert at.ByteSize() == MAX_MESSAGE_BYTES and past.ByteSize() == MAX_MESSAGE_BYTES + 1
     with grpc.insecure_channel(f"127.0.0.1:{runtime.server.port}",
                                options=[("grpc.max_send_message_length", -1)]) as channel:
         stub = users_pb2_grpc.UsersStub(channel)
