@@ -16,9 +16,9 @@ RETRY = Retry(max=5)
 # cannot heartbeat mid-job, so its job's registry entry lives timeout + 60 s before RQ may reclaim it.
 JOB_TIMEOUT = 30
 RESULT_TTL = 600
-# Heartbeats every 5 s and registry maintenance every 15 s: a whole worker killed with SIGKILL is
-# noticed by a surviving worker on any machine within ~80 s (forking: heartbeat TTL is monitoring + 60 s)
-# or ~105 s (inline: timeout + 60 s); our own supervisor requeues its dead workers' jobs at once.
+# Heartbeats every 5 s and registry maintenance every 15 s: a batch held by a worker killed with SIGKILL on
+# another machine is reclaimed by a surviving worker once its entry lapses (inline: timeout + 60 s; forking:
+# heartbeat TTL), measured 93-95 s (docs/DEPLOY.md); our own supervisor requeues its dead workers' jobs at once.
 JOB_MONITORING_INTERVAL = 5
 MAINTENANCE_INTERVAL = 15
 WORKER_TTL = 30
