@@ -19,7 +19,7 @@ from core.config import Settings
 from core.jobs import FAILPOINT
 from core.runtime import Runtime
 from core.supervisor import FROZEN_HANDBACK
-from lifecycle_helpers import (assert_nothing_left, start_headless, wait_children, wait_line)
+from lifecycle_helpers import assert_nothing_left, program, start_headless, wait_children, wait_line
 
 pytestmark = pytest.mark.slow
 
@@ -144,7 +144,7 @@ def test_sigterm_waits_for_accepted_users_to_be_merged_then_exits_0(tmp_path):
     wait_for(lambda: Path(str(gate) + ".started").exists(), message="a batch to be held at the gate")
     accepted(tmp_path, namespace, jobs=10)  # the whole file is accepted: every batch is in Redis
     process.send_signal(signal.SIGTERM)
-    wait_line(out, "stopping: finishing accepted work (up to 20 s)")
+    wait_line(out, "stopping: finishing accepted work (up to 20 s")
     time.sleep(1)
     assert process.poll() is None, "it must not leave while accepted work waits"
     gate.unlink()
@@ -163,7 +163,7 @@ def test_sigterm_past_the_grace_says_how_many_users_remain_and_exits_non_zero(tm
     assert process.wait(timeout=30) == 4, out.read_text()
     assert ("swordsec-console: stopped with 3000 accepted user(s) not merged yet; they are safe in Redis and "
             "finish at the next start") in out.read_text()
-    done = subprocess.run([*start_headless.__globals__["program"](), "--no-ui", "--once", "--watch",
+    done = subprocess.run([*program(), "--no-ui", "--once", "--watch",
                            str(tmp_path / "drop"), "--data-dir", str(tmp_path / "data"), "--grpc-listen",
                            "127.0.0.1:0", "--workers", "1"], capture_output=True, text=True, timeout=60,
                           env={**os.environ, "SWORDSEC_NAMESPACE": namespace})
@@ -292,3 +292,18 @@ def test_a_frozen_worker_does_not_hold_up_the_stop(tmp_path):
     runtime.stop()
     assert time.monotonic() - began < 5
     assert not os.path.exists(f"/proc/{worker['pid']}")
+
+
+def test_a_second_sigterm_stops_waiting_at_once(tmp_path):
+    namespace = "f" + uuid.uuid4().hex[:8]
+    process, out = start_headless(tmp_path, namespace, "--batch-size", "500", "--stop-grace", "600", workers=0)
+    wait_line(out, "watching")
+    write_users(tmp_path / "drop", "wait.json", 1_000, "w")
+    accepted(tmp_path, namespace, jobs=2)
+    process.send_signal(signal.SIGTERM)
+    wait_line(out, "stopping: finishing accepted work (up to 600 s")
+    began = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=30) == 4
+    assert time.monotonic() - began < 5
+    assert "stopped with 1000 accepted user(s) not merged yet" in out.read_text()
