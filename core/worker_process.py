@@ -27,7 +27,7 @@ URL_VARIABLE = "SWORDSEC_WORKER_REDIS_URL"
 REDIS_BACKOFF = (0.25, 0.5, 1, 2, 4)
 # A supervised worker whose console died gets SIGTERM from the kernel (core.children); if a job or a
 # lost Redis holds it past this, it leaves anyway: nothing the console started may outlive it long.
-ORPHAN_DEADLINE = 4.0
+ORPHAN_DEADLINE = 3.0
 
 log = logging.getLogger("swordsec.worker")
 
@@ -38,7 +38,22 @@ def _exit_with_parent(parent: int) -> None:
         time.sleep(0.25)
     os.kill(os.getpid(), signal.SIGTERM)  # RQ's warm shutdown: an idle worker leaves its dequeue at once
     time.sleep(ORPHAN_DEADLINE)
+    _kill_children()  # a fork-mode work-horse has no parent-death signal of its own
     os._exit(1)
+
+
+def _kill_children() -> None:
+    me = os.getpid()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as handle:
+                ppid = int(handle.read().rsplit(")", 1)[1].split()[1])
+            if ppid == me:
+                os.kill(int(entry), signal.SIGKILL)
+        except (OSError, ValueError, IndexError):
+            continue
 
 
 def _stop_was_requested(worker) -> bool:
