@@ -34,6 +34,9 @@ log = logging.getLogger("swordsec.worker")
 
 def _exit_with_parent(parent: int) -> None:
     """Backstop for the parent-death signal: notice an orphaning, ask for a warm stop, then insist."""
+    # Stop signals must reach the main thread, where RQ waits on Redis: a signal taken by this thread
+    # would leave that wait unaware of it until it times out.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
     while os.getppid() == parent:
         time.sleep(0.25)
     os.kill(os.getpid(), signal.SIGTERM)  # RQ's warm shutdown: an idle worker leaves its dequeue at once
