@@ -173,7 +173,7 @@ def run_headless(settings: Settings) -> int:
         while not stop.wait(0.5):
             runtime.check()  # the embedded Redis could not be started again: exit 3 with its one line
         grace = graces.get(received[0], 0.0)
-        log.info(f"stopping: finishing accepted work (up to {grace:g} s)" if grace else
+        log.info(f"stopping: finishing accepted work (up to {grace:g} s; signal again to stop now)" if grace else
                  "stopping: running jobs finish, queued ones resume at the next start")
         outcome = runtime.stop(grace=grace)
         if outcome.complete:

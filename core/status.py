@@ -89,9 +89,11 @@ def _collect(runtime, history: History, now: float) -> Snapshot:
     events = tuple(runtime.events.recent(500))
     supervisor = runtime.supervisor
     desired = supervisor.desired if supervisor else 0
+    # Known without Redis: a snapshot taken while Redis is away (restarting) must still name it.
+    output_path = str(runtime.settings.output_path)
     if not redis_info.connected or runtime.queue is None:
         snap = Snapshot(taken_at=now, redis=redis_info, grpc=grpc, watcher=watcher, desired_workers=desired,
-                        events=events, rate_history=tuple(history.rates))
+                        events=events, rate_history=tuple(history.rates), output_path=output_path)
         return _with_problems(snap, runtime)
     queue = runtime.queue
     try:
@@ -107,7 +109,7 @@ def _collect(runtime, history: History, now: float) -> Snapshot:
     except redis.RedisError as error:
         broken = RedisInfo(redis_info.url, redis_info.embedded, False, error=str(error))
         snap = Snapshot(taken_at=now, redis=broken, grpc=grpc, watcher=watcher, desired_workers=desired,
-                        events=events, rate_history=tuple(history.rates))
+                        events=events, rate_history=tuple(history.rates), output_path=output_path)
         return _with_problems(snap, runtime)
     backlog = counts["queued"] + counts["started"]
     users_rate, jobs_rate, rates, trend = history.add(now, users, workers, backlog)
@@ -116,7 +118,7 @@ def _collect(runtime, history: History, now: float) -> Snapshot:
         taken_at=now, redis=redis_info, grpc=grpc, watcher=watcher, workers=workers, desired_workers=desired,
         queue=counts, users=users, users_rate=users_rate, rate_history=rates, jobs_rate=jobs_rate,
         backlog=backlog, backlog_trend=trend, eta=eta, files=files, export=export,
-        output_path=str(runtime.settings.output_path), failed=failed, events=events, unreadable_inbox=unreadable,
+        output_path=output_path, failed=failed, events=events, unreadable_inbox=unreadable,
     )
     return _with_problems(snap, runtime)
 

@@ -175,11 +175,14 @@ class Supervisor:
     @staticmethod
     def _terminate(worker: WorkerProcess) -> None:
         if worker.alive:
-            worker.process.terminate()  # RQ's warm shutdown: the current job finishes first
+            # A frozen worker first: resumed *before* SIGTERM, since a signal sent to a stopped process goes to
+            # whichever thread wakes first, and one that is not the main thread leaves RQ's blocking dequeue
+            # unaware of the stop request until it times out.
             try:
-                os.kill(worker.pid, signal.SIGCONT)  # a frozen worker cannot act on SIGTERM until resumed
+                os.kill(worker.pid, signal.SIGCONT)
             except OSError:
                 pass
+            worker.process.terminate()  # RQ's warm shutdown: the current job finishes first
 
     def _watch(self) -> None:
         retried_at = 0.0

@@ -27,18 +27,36 @@ URL_VARIABLE = "SWORDSEC_WORKER_REDIS_URL"
 REDIS_BACKOFF = (0.25, 0.5, 1, 2, 4)
 # A supervised worker whose console died gets SIGTERM from the kernel (core.children); if a job or a
 # lost Redis holds it past this, it leaves anyway: nothing the console started may outlive it long.
-ORPHAN_DEADLINE = 4.0
+ORPHAN_DEADLINE = 3.0
 
 log = logging.getLogger("swordsec.worker")
 
 
 def _exit_with_parent(parent: int) -> None:
     """Backstop for the parent-death signal: notice an orphaning, ask for a warm stop, then insist."""
+    # Stop signals must reach the main thread, where RQ waits on Redis: a signal taken by this thread
+    # would leave that wait unaware of it until it times out.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
     while os.getppid() == parent:
         time.sleep(0.25)
     os.kill(os.getpid(), signal.SIGTERM)  # RQ's warm shutdown: an idle worker leaves its dequeue at once
     time.sleep(ORPHAN_DEADLINE)
+    _kill_children()  # a fork-mode work-horse has no parent-death signal of its own
     os._exit(1)
+
+
+def _kill_children() -> None:
+    me = os.getpid()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as handle:
+                ppid = int(handle.read().rsplit(")", 1)[1].split()[1])
+            if ppid == me:
+                os.kill(int(entry), signal.SIGKILL)
+        except (OSError, ValueError, IndexError):
+            continue
 
 
 def _stop_was_requested(worker) -> bool:

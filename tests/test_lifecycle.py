@@ -7,6 +7,7 @@ namespace). The terminal cases (tmux) are in tests/console/test_tmux.py.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -17,6 +18,8 @@ import psutil
 import pytest
 import redis
 
+from conftest import wait_for
+from core.jobs import FAILPOINT
 from lifecycle_helpers import (assert_nothing_left, by_command_line, children_of, living, program, start_headless,
                                wait_children, wait_line)
 
@@ -156,3 +159,21 @@ def test_nothing_is_left_when_the_console_dies_during_start(tmp_path, namespace)
     process.wait(timeout=10)
     assert_nothing_left(children, str(tmp_path), namespace)
     assert not by_command_line(str(tmp_path))
+
+
+@pytest.mark.parametrize("mode", ["inline", "fork"])
+def test_sigkill_while_a_job_runs_leaves_nothing(tmp_path, namespace, mode):
+    """A batch held mid-merge (core.jobs failpoint) when the console dies: the worker, and a fork-mode
+    work-horse with it, leave within the deadline even though their job never finishes."""
+    gate = tmp_path / "gate"
+    gate.write_text("")
+    process, out = start_headless(tmp_path, namespace, "--worker-mode", mode, workers=1,
+                                  env={FAILPOINT: str(gate)})
+    wait_line(out, "watching")
+    (tmp_path / "drop" / "held.json").write_text(json.dumps([{"email": f"h{i}@x.org"} for i in range(10)]))
+    wait_for(lambda: (tmp_path / "gate.started").exists(), message="the batch to be held at the gate")
+    children = children_of(process.pid)
+    process.kill()
+    process.wait(timeout=10)
+    took = assert_nothing_left(children, str(tmp_path), namespace)
+    print(f"SIGKILL mid-job ({mode}): nothing left after {took:.2f} s")

@@ -87,7 +87,9 @@ class UsersPanel(Panel):
             table.move_cursor(row=min(row, len(users) - 1), animate=False)
         self._render_subtitle()
 
-    @work(thread=True, exclusive=True, group="users-page")
+    # exit_on_error=False: a page that cannot be read (Redis restarting) is read again at the next refresh;
+    # it must not end the console.
+    @work(thread=True, exclusive=True, group="users-page", exit_on_error=False)
     def load_page(self) -> None:
         if self.matches is not None:
             users = self.matches[self.start:self.start + PAGE]
@@ -95,7 +97,7 @@ class UsersPanel(Panel):
             users = self.app.runtime.store.users_page(self.start, PAGE)
         self.app.call_from_thread(self._fill, users)
 
-    @work(thread=True, exclusive=True, group="users-page")
+    @work(thread=True, exclusive=True, group="users-page", exit_on_error=False)
     def run_filter(self, text: str) -> None:
         needle = text.lower()
         raw_needle = needle.encode()

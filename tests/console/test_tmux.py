@@ -191,3 +191,32 @@ def test_an_unexpected_exception_in_the_console_leaves_nothing(terminal, tmp_pat
     term = terminal(env={"PYTHONPATH": str(hook)}).live()
     assert term.exit_code() != "0"
     term.nothing_left()
+
+
+@pytest.mark.slow
+def test_an_embedded_redis_that_cannot_start_again_ends_the_console_with_exit_3(terminal):
+    term = terminal().live()
+    server = next(c for c in term.children if "redis-server" in " ".join(c.cmdline()))
+    for manifest in (term.tmp_path / "data" / "redis").rglob("*.manifest"):
+        manifest.write_text("garbage\n")  # its AOF cannot be read: starting it again can only fail
+    server.kill()
+    code = term.exit_code()
+    assert code == "3", tmux("capture-pane", "-p", "-S", "-200", "-t", term.session)
+    term.nothing_left()
+    screen = tmux("capture-pane", "-p", "-t", term.session)
+    assert "cannot be started again" in screen, screen
+
+
+@pytest.mark.slow
+def test_the_console_rides_out_its_redis_killed_and_restarted(terminal):
+    """The embedded redis-server killed -9 under the dashboard: started again, the console stays up."""
+    term = terminal().live()
+    server = next(c for c in term.children if "redis-server" in " ".join(c.cmdline()))
+    server.kill()
+    copy_challenge(term.tmp_path / "drop", ["1.json"])  # the ingest goes on once Redis is back
+    wait_screen(term.session, lambda s: "1,000 users" in s, 60, "1,000 merged users after the restart")
+    assert not term.status.exists(), "the console must not have ended"
+    assert living(term.app)
+    tmux("send-keys", "-t", term.session, "q")
+    assert term.exit_code() == "0"
+    term.nothing_left()
