@@ -266,6 +266,12 @@ def test_compose_stack_end_to_end(stack):
     assert sent.returncode in (0, 1), sent.stdout + sent.stderr
     assert "Traceback" not in sent.stderr and len(re.findall(r" accepted", sent.stdout)) == len(FILES)
 
+    # Published on the host's loopback in plaintext (SWORDSEC_INSECURE in compose): the token is what guards it.
+    anonymous = _run([sys.executable, "-m", "console.cli", "send", "--server",
+                      f"127.0.0.1:{stack.ports['GRPC_PORT']}", str(FILES[0])], timeout=120,
+                     env={k: v for k, v in os.environ.items() if k != "SWORDSEC_TOKEN"}, cwd=ROOT)
+    assert anonymous.returncode == 3, anonymous.stdout + anonymous.stderr
+
     def settled():
         m = stack.metrics()
         return m['swordsec_queue_jobs{state="queued"}'] == 0 and m['swordsec_queue_jobs{state="started"}'] == 0
