@@ -83,8 +83,10 @@ def _free_port() -> int:
 
 def _build(context: Path, image: str) -> tuple[float, str]:
     started = time.monotonic()
+    # The legacy builder: its log names every step and whether it came from the cache (BuildKit's does not
+    # in a form stable across versions, and needs buildx).
     done = _run([str(ROOT / "deploy" / "build.sh")], timeout=1200,
-                env=dict(os.environ, CONTEXT=str(context), IMAGE=image))
+                env=dict(os.environ, CONTEXT=str(context), IMAGE=image, DOCKER_BUILDKIT="0"))
     elapsed = time.monotonic() - started
     assert done.returncode == 0, f"docker build failed:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
     return elapsed, done.stdout
@@ -127,7 +129,7 @@ def test_image_builds_lean_and_a_code_edit_reuses_the_dependency_layer(image, bu
     deps_step = next(i for i, (ins, _) in enumerate(_steps(first)) if ins.startswith("RUN") and "requirements.lock" in ins)
 
     (build_context / "core" / "__init__.py").write_text(
-        (build_context / "core" / "__init__.py").read_text() + "\n# cache probe\n")
+        (build_context / "core" / "__init__.py").read_text() + f"\n# cache probe {secrets.token_hex(8)}\n")  # new each run: a layer cached by an earlier run would hide the edit
     probe = "swordsec-console:e2e-cache-probe"
     try:
         elapsed, log = _build(build_context, probe)
