@@ -1,4 +1,4 @@
-"""docker-compose.yml and the Dockerfile, checked without a Docker engine (none runs on our machines).
+"""docker-compose.yml and the Dockerfile, checked without a Docker engine (tests/test_compose_e2e.py runs them).
 
 The compose file is validated against the Compose Specification JSON schema (tests/data/compose_spec.json,
 see its README for source and licence) after the same variable interpolation compose does; every command
