@@ -133,3 +133,16 @@ def test_worker_probe_is_the_compose_healthcheck():
     in_compose = compose["services"]["worker"]["healthcheck"]["test"][1:]
     (container,) = containers(by_kind("Deployment")["swordsec-worker"])
     assert container["livenessProbe"]["exec"]["command"] == in_compose
+
+
+@pytest.mark.parametrize("token", ["", "t" * 32])
+def test_server_refuses_to_start_with_an_empty_token(token):
+    """With SWORDSEC_INSECURE set, an empty token would mean an open plaintext server: the wrapper refuses."""
+    (container,) = containers(by_kind("Deployment")["swordsec-server"])
+    shell, flag, script, name = container["command"]
+    env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "SWORDSEC_TOKEN": token}
+    done = subprocess.run([shell, flag, script, name, "--version"], capture_output=True, text=True, timeout=60, env=env)
+    if token:
+        assert done.returncode == 0 and "swordsec-console" in done.stdout, done.stderr
+    else:
+        assert done.returncode == 1 and done.stderr.strip() == "swordsec-server: the token in Secret swordsec is empty"
