@@ -68,18 +68,6 @@ class Control:
         watcher.pause()
         return "watcher paused"
 
-    def pause_watcher(self) -> str:
-        if self.runtime.watcher is None:
-            raise ControlError("no watcher is running")
-        self.runtime.watcher.pause()
-        return "watcher paused"
-
-    def resume_watcher(self) -> str:
-        if self.runtime.watcher is None:
-            raise ControlError("no watcher is running")
-        self.runtime.watcher.resume()
-        return "watcher resumed"
-
     # -- failed jobs -----------------------------------------------------------------------------------
     def _failed(self) -> FailedJobRegistry:
         queue = self.runtime.queue
