@@ -89,8 +89,12 @@ class Settings:
         return self.output if self.output is not None else self.data_dir / "all_users.json"
 
     @classmethod
-    def build(cls, flags: dict | None = None, environ: dict | None = None) -> "Settings":
-        """Merge flags (None means "not given") over the environment over the defaults, then validate."""
+    def build(cls, flags: dict | None = None, environ: dict | None = None, *, listens: bool = True) -> "Settings":
+        """Merge flags (None means "not given") over the environment over the defaults, then validate.
+
+        Every command resolves its settings here, so a default or a variable means the same everywhere.
+        listens=False (the `worker` and `replay` commands) skips the rules for listeners and TLS files,
+        which a command that serves nothing has no use for."""
         environ = os.environ if environ is None else environ
         values: dict = {}
         types = {f.name: f.type for f in fields(cls)}
@@ -105,10 +109,10 @@ class Settings:
             if isinstance(values.get(name), str):
                 values[name] = Path(values[name])
         settings = replace(cls(), **values)
-        settings.validate()
+        settings.validate(listens=listens)
         return settings
 
-    def validate(self) -> None:
+    def validate(self, listens: bool = True) -> None:
         if self.merge_key not in USER_FIELDS:
             raise ConfigError(f"merge key {self.merge_key!r} is not a user field (one of {', '.join(USER_FIELDS)})")
         if self.workers < 0:
@@ -123,7 +127,8 @@ class Settings:
             raise ConfigError("stop grace must be between 0 and 86400 seconds")
         if self.log_format not in ("text", "json"):
             raise ConfigError("log format must be text or json")
-        self._validate_security(parse_address(self.grpc_listen, "gRPC listen address")[0])
+        if listens:
+            self._validate_security(parse_address(self.grpc_listen, "gRPC listen address")[0])
 
     @property
     def tls(self) -> bool:
