@@ -9,6 +9,7 @@ is exactly what `rq requeue` would have produced.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -32,20 +33,18 @@ class ControlError(RuntimeError):
     """A command that cannot be done; the message is one line for the operator."""
 
 
+@dataclass(frozen=True, kw_only=True)
 class Control:
     """Commands over the parts they act on; a part that is None (not started, or no watcher in this mode)
     makes its commands fail with one line."""
 
-    def __init__(self, *, emit: Callable[[str, str], None], data_dir: Path, watch: Path,
-                 supervisor: Supervisor | None = None, queue: Queue | None = None, store: Store | None = None,
-                 watcher: Watcher | None = None):
-        self.emit = emit
-        self.data_dir = data_dir
-        self.watch = watch
-        self.supervisor = supervisor
-        self.queue = queue
-        self.store = store
-        self.watcher = watcher
+    emit: Callable[[str, str], None]  # (level, text) into the event log
+    data_dir: Path  # its quarantine/ holds the files that replay
+    watch: Path
+    supervisor: Supervisor | None = None
+    queue: Queue | None = None
+    store: Store | None = None
+    watcher: Watcher | None = None
 
     def _emit(self, text: str, level: str = "info") -> str:
         self.emit(level, text)
