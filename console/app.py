@@ -81,7 +81,9 @@ class SwordsecApp(App[int]):
 
     def on_status_updated(self, message: StatusUpdated) -> None:
         self.snapshot = message.snapshot
-        if self.refresh_paused:
+        # Not while shutting down: the panels are being taken apart, and a snapshot still queued would
+        # look for tables that are gone.
+        if self.refresh_paused or not self.is_running:
             return
         dashboard = self._dashboard()
         if dashboard is not None:
