@@ -9,9 +9,9 @@ import threading
 
 from textual import work
 from textual.app import App
-from textual.binding import Binding
 from textual.worker import get_current_worker
 
+from console.keys import APP_KEYS, bindings
 from console.messages import RuntimeReady, StatusUpdated
 from console.screens.confirm import ConfirmScreen
 from console.screens.dashboard import DashboardScreen
@@ -23,15 +23,7 @@ EXIT_FAILURE = 3
 class SwordsecApp(App[int]):
     CSS_PATH = "app.tcss"
     TITLE = "swordsec-console"
-    BINDINGS = [
-        Binding("q", "quit", "Quit"),
-        Binding("ctrl+q", "quit", "Quit", show=False, priority=True),
-        Binding("question_mark", "help", "Help"),
-        Binding("space", "toggle_refresh", "Live"),
-        Binding("p", "toggle_watcher", "Watcher"),
-        Binding("plus", "scale(1)", "+Worker"),
-        Binding("minus", "scale(-1)", "-Worker"),
-    ]
+    BINDINGS = bindings(APP_KEYS)
 
     def __init__(self, runtime, *, refresh: float = REFRESH, start_runtime: bool = True) -> None:
         super().__init__()
@@ -89,7 +81,9 @@ class SwordsecApp(App[int]):
 
     def on_status_updated(self, message: StatusUpdated) -> None:
         self.snapshot = message.snapshot
-        if self.refresh_paused:
+        # Not while shutting down: the panels are being taken apart, and a snapshot still queued would
+        # look for tables that are gone.
+        if self.refresh_paused or not self.is_running:
             return
         dashboard = self._dashboard()
         if dashboard is not None:

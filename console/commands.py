@@ -14,6 +14,7 @@ import threading
 from pathlib import Path
 
 from console.output import EXIT_FAILURE, EXIT_INPUT_REJECTED, EXIT_OK, EXIT_USAGE, setup_logging
+from core.config import Settings
 
 
 def register(subparsers) -> None:
@@ -115,18 +116,27 @@ def _server_arguments(parser: argparse.ArgumentParser) -> None:
                              "[env SWORDSEC_TOKEN]")
 
 
+def _env(name: str) -> str:
+    return f" [env {Settings.ENV[name]}]"
+
+
 def add_worker(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL"),
-                        help="the shared Redis (required) [env REDIS_URL]")
-    parser.add_argument("--count", type=int, default=int(os.environ.get("SWORDSEC_WORKERS", "1")),
-                        help="worker processes to run (default 1) [env SWORDSEC_WORKERS]")
-    parser.add_argument("--namespace", default=os.environ.get("SWORDSEC_NAMESPACE", "swordsec"),
-                        help="queue and key namespace (default swordsec) [env SWORDSEC_NAMESPACE]")
-    parser.add_argument("--mode", choices=("inline", "fork"), default=os.environ.get("SWORDSEC_WORKER_MODE", "inline"),
-                        help="inline (default) runs jobs in the worker; fork gives each job a work-horse "
-                             "[env SWORDSEC_WORKER_MODE]")
-    parser.add_argument("--log-format", choices=("text", "json"), default=os.environ.get("SWORDSEC_LOG_FORMAT", "text"),
-                        help="log line format (default text) [env SWORDSEC_LOG_FORMAT]")
+    # No defaults here: None means "not given", and Settings.build fills in the same defaults and variables
+    # as the main command's (--count like --workers, --mode like --worker-mode).
+    parser.add_argument("--redis-url", help="the shared Redis (required)" + _env("redis_url"))
+    parser.add_argument("--count", type=int, dest="workers", metavar="N",
+                        help="worker processes to run (default: number of CPUs)" + _env("workers"))
+    parser.add_argument("--namespace", help="queue and key namespace (default swordsec)" + _env("namespace"))
+    parser.add_argument("--mode", choices=("inline", "fork"), dest="worker_mode",
+                        help="inline (default) runs jobs in the worker; fork gives each job a work-horse"
+                             + _env("worker_mode"))
+    parser.add_argument("--log-format", choices=("text", "json"), help="log line format (default text)"
+                        + _env("log_format"))
+
+
+def _settings(args: argparse.Namespace, *names: str) -> Settings:
+    """The command's own flags over the environment over the defaults, as the main command resolves them."""
+    return Settings.build({name: getattr(args, name) for name in names}, listens=False)
 
 
 def worker(args: argparse.Namespace) -> int:
@@ -135,18 +145,20 @@ def worker(args: argparse.Namespace) -> int:
     from core.events import EventLog
     from core.supervisor import Supervisor
 
-    if not args.redis_url:
+    settings = _settings(args, "redis_url", "workers", "namespace", "worker_mode", "log_format")
+    if not settings.redis_url:
         print("worker: give the shared Redis with --redis-url or REDIS_URL", file=sys.stderr)
         return EXIT_USAGE
-    if args.count < 1:
+    if settings.workers < 1:
         print("worker: --count must be at least 1", file=sys.stderr)
         return EXIT_USAGE
-    setup_logging(args.log_format)
+    setup_logging(settings.log_format)
     events = EventLog()
-    connection = connect(args.redis_url)
-    events.emit("info", f"worker: {args.count} process(es) on {redact(args.redis_url)} queue {args.namespace}")
-    supervisor = Supervisor(connection, args.redis_url, args.namespace, args.count, on_event=events.emit,
-                            mode=args.mode)
+    connection = connect(settings.redis_url)
+    events.emit("info", f"worker: {settings.workers} process(es) on {redact(settings.redis_url)} "
+                        f"queue {settings.namespace}")
+    supervisor = Supervisor(connection, settings.redis_url, settings.namespace, settings.workers,
+                            on_event=events.emit, mode=settings.worker_mode)
     stop = threading.Event()
     # SIGHUP too: a terminal closed under a hand-started `worker` stops its processes (after their current job).
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
@@ -163,19 +175,20 @@ def worker(args: argparse.Namespace) -> int:
 
 def add_replay(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("name", help="file name in <data-dir>/quarantine/")
-    parser.add_argument("--data-dir", type=Path, default=Path(os.environ.get("SWORDSEC_DATA_DIR", "data")),
-                        help="the console's data folder, whose quarantine/ holds the file (default ./data) "
-                             "[env SWORDSEC_DATA_DIR]")
-    parser.add_argument("--watch", type=Path, default=Path(os.environ.get("SWORDSEC_WATCH", "drop")),
-                        help="the watched folder the file goes back to (default ./drop) [env SWORDSEC_WATCH]")
+    parser.add_argument("--data-dir", type=Path, metavar="DIR",
+                        help="the console's data folder, whose quarantine/ holds the file (default ./data)"
+                             + _env("data_dir"))
+    parser.add_argument("--watch", type=Path, metavar="DIR",
+                        help="the watched folder the file goes back to (default ./drop)" + _env("watch"))
 
 
 def replay(args: argparse.Namespace) -> int:
     """Put a fixed quarantined file back into the watched folder, where it is ingested again."""
     from core.quarantine import replay_file
 
+    settings = _settings(args, "data_dir", "watch")
     try:
-        target = replay_file(args.data_dir, args.watch, args.name)
+        target = replay_file(settings.data_dir, settings.watch, args.name)
     except FileNotFoundError as error:
         print(f"replay: {error}", file=sys.stderr)
         return EXIT_USAGE

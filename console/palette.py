@@ -1,41 +1,32 @@
-"""The command palette's entries: every action the keyboard offers, by name."""
+"""The command palette's entries: every declared key that has a palette title (console.keys), run on the
+node that declares it, so the palette does what the key does."""
 
 from __future__ import annotations
 
+from functools import partial
+
 from textual.app import SystemCommand
 
+from console.keys import APP_KEYS, DASHBOARD_KEYS, Key
 from console.screens.dashboard import DashboardScreen
+from console.widgets.panel import Panel
+
+
+def _entry(app, key: Key, node=None, where: str = "") -> SystemCommand:
+    return SystemCommand(key.palette, f"{where}{key.help} ({key.shown})", partial(app.run_action, key.action, node))
 
 
 def commands(app):
     """Yield SystemCommand entries; the panel ones act on the row selected in that panel."""
-    yield SystemCommand("Help", "Every key, global and per panel (?)", app.action_help)
-    yield SystemCommand("Pause / resume live refresh", "Freeze the screen to read it (space)", app.action_toggle_refresh)
-    yield SystemCommand("Pause / resume the watcher", "Stop or start reading dropped files (p)", app.action_toggle_watcher)
-    yield SystemCommand("Add a worker", "Scale workers up by one (+)", lambda: app.action_scale(1))
-    yield SystemCommand("Remove a worker", "Scale workers down by one (-)", lambda: app.action_scale(-1))
-    yield SystemCommand("Quit", "Stop everything the console started (q)", app.action_quit)
-    screen = app.screen if isinstance(app.screen, DashboardScreen) else None
-    if screen is None:
+    yield from (_entry(app, key) for key in APP_KEYS if key.palette)
+    screen = app.screen
+    if not isinstance(screen, DashboardScreen):
         return
-    panel = {type(p).__name__: p for p in screen.panels}
-    for index, p in enumerate(screen.panels):
-        yield SystemCommand(f"Focus {p.TITLE[2:]}", f"Go to panel {index + 1}",
-                            lambda i=index: screen.action_focus_panel(i))
-    yield SystemCommand("Maximise / restore the focused panel", "(m)", app.action_toggle_maximize)
-    yield SystemCommand("Show all panels", "Undo hide (H)", screen.action_show_all)
-    workers, files, users = panel["WorkersPanel"], panel["FilesPanel"], panel["UsersPanel"]
-    failed, events = panel["FailedPanel"], panel["EventsPanel"]
-    yield SystemCommand("Stop the selected worker", "Workers panel (s)", workers.action_stop)
-    yield SystemCommand("Restart the selected worker", "Workers panel (R)", workers.action_restart)
-    yield SystemCommand("Open the selected file's report", "Files panel (enter)", files.action_report)
-    yield SystemCommand("Replay the selected file", "Rejected or partial files (x)", files.action_replay)
-    yield SystemCommand("Filter merged users", "Any field (/)", users.action_filter)
-    yield SystemCommand("Next page of users", "(])", lambda: users.action_page(1))
-    yield SystemCommand("Previous page of users", "([)", lambda: users.action_page(-1))
-    yield SystemCommand("Show the selected job's traceback", "Failed jobs (enter)", failed.action_traceback)
-    yield SystemCommand("Requeue the selected failed job", "Failed jobs (r)", failed.action_requeue)
-    yield SystemCommand("Requeue all failed jobs", "Failed jobs (A)", failed.action_requeue_all)
-    yield SystemCommand("Delete the selected failed job", "Failed jobs (d)", failed.action_delete)
-    yield SystemCommand("Filter the event log", "(/)", events.action_filter)
-    yield SystemCommand("Pause / resume event autoscroll", "(f)", events.action_follow)
+    for index, panel in enumerate(screen.panels):
+        yield SystemCommand(f"Focus {panel.TITLE[2:]}", f"Go to panel {index + 1} ({index + 1})",
+                            partial(app.run_action, f"focus_panel({index})", screen))
+    yield from (_entry(app, key, screen) for key in DASHBOARD_KEYS if key.palette)
+    # The keys every panel shares act on the focused panel: the app's action of the same name finds it.
+    yield from (_entry(app, key) for key in Panel.KEYS if key.palette)
+    for panel in screen.panels:
+        yield from (_entry(app, key, panel, f"{panel.TITLE[2:]}: ") for key in panel.own_keys() if key.palette)

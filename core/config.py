@@ -89,8 +89,12 @@ class Settings:
         return self.output if self.output is not None else self.data_dir / "all_users.json"
 
     @classmethod
-    def build(cls, flags: dict | None = None, environ: dict | None = None) -> "Settings":
-        """Merge flags (None means "not given") over the environment over the defaults, then validate."""
+    def build(cls, flags: dict | None = None, environ: dict | None = None, *, listens: bool = True) -> "Settings":
+        """Merge flags (None means "not given") over the environment over the defaults, then validate.
+
+        Every command resolves its settings here, so a default or a variable means the same everywhere.
+        listens=False (the `worker` and `replay` commands) skips the rules for listeners and TLS files,
+        which a command that serves nothing has no use for."""
         environ = os.environ if environ is None else environ
         values: dict = {}
         types = {f.name: f.type for f in fields(cls)}
@@ -105,10 +109,10 @@ class Settings:
             if isinstance(values.get(name), str):
                 values[name] = Path(values[name])
         settings = replace(cls(), **values)
-        settings.validate()
+        settings.validate(listens=listens)
         return settings
 
-    def validate(self) -> None:
+    def validate(self, listens: bool = True) -> None:
         if self.merge_key not in USER_FIELDS:
             raise ConfigError(f"merge key {self.merge_key!r} is not a user field (one of {', '.join(USER_FIELDS)})")
         if self.workers < 0:
@@ -123,7 +127,8 @@ class Settings:
             raise ConfigError("stop grace must be between 0 and 86400 seconds")
         if self.log_format not in ("text", "json"):
             raise ConfigError("log format must be text or json")
-        self._validate_security(_host_of(self.grpc_listen, "gRPC listen address"))
+        if listens:
+            self._validate_security(parse_address(self.grpc_listen, "gRPC listen address")[0])
 
     @property
     def tls(self) -> bool:
@@ -156,7 +161,7 @@ class Settings:
             raise ConfigError(f"refusing to listen on {self.grpc_listen} without TLS: {what}; pass --tls-cert/"
                               f"--tls-key (with --token), or --insecure to accept plaintext on a trusted network")
         if self.metrics_listen is not None:
-            metrics_host = _host_of(self.metrics_listen, "metrics listen address")
+            metrics_host = parse_address(self.metrics_listen, "metrics listen address")[0]
             if not is_loopback(metrics_host) and not self.tls and not self.insecure:
                 raise ConfigError(f"refusing to serve metrics on {self.metrics_listen} without TLS: pass --tls-cert/"
                                   f"--tls-key, listen on 127.0.0.1, or pass --insecure")
@@ -170,11 +175,18 @@ class Settings:
         return 0o750 if self.group_readable else 0o700
 
 
-def _host_of(address: str, what: str) -> str:
+def parse_address(address: str, what: str = "address") -> tuple[str, int]:
+    """HOST:PORT (an IPv6 host in brackets: [::1]:50051) as (host without brackets, port); the one parser of
+    listen and server addresses. Port 0 is allowed: bind any free port."""
     host, _, port = address.rpartition(":")
     if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ConfigError(f"{what} {address!r} is not HOST:PORT")
-    return host
+    return host.removeprefix("[").removesuffix("]"), int(port)
+
+
+def join_address(host: str, port: int) -> str:
+    """The inverse of parse_address: brackets around an IPv6 host."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def is_loopback(host: str) -> bool:

@@ -8,11 +8,23 @@ is exactly what `rq requeue` would have produced.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.registry import FailedJobRegistry
 
 from core.quarantine import quarantined, replay_file
 from core.taskqueue import JSONSerializer, SafeJob
+
+if TYPE_CHECKING:
+    from rq import Queue
+
+    from core.store import Store
+    from core.supervisor import Supervisor
+    from core.watcher import Watcher
 
 MAX_WORKERS = 64
 
@@ -21,20 +33,29 @@ class ControlError(RuntimeError):
     """A command that cannot be done; the message is one line for the operator."""
 
 
+@dataclass(frozen=True, kw_only=True)
 class Control:
-    def __init__(self, runtime):
-        self.runtime = runtime
+    """Commands over the parts they act on; a part that is None (not started, or no watcher in this mode)
+    makes its commands fail with one line."""
+
+    emit: Callable[[str, str], None]  # (level, text) into the event log
+    data_dir: Path  # its quarantine/ holds the files that replay
+    watch: Path
+    supervisor: Supervisor | None = None
+    queue: Queue | None = None
+    store: Store | None = None
+    watcher: Watcher | None = None
 
     def _emit(self, text: str, level: str = "info") -> str:
-        self.runtime.emit(level, text)
+        self.emit(level, text)
         return text
 
     # -- workers ---------------------------------------------------------------------------------------
     @property
-    def _supervisor(self):
-        if self.runtime.supervisor is None:
+    def _supervisor(self) -> Supervisor:
+        if self.supervisor is None:
             raise ControlError("the runtime is not started")
-        return self.runtime.supervisor
+        return self.supervisor
 
     def scale(self, desired: int) -> str:
         desired = max(0, min(MAX_WORKERS, desired))
@@ -59,7 +80,7 @@ class Control:
 
     # -- watcher ---------------------------------------------------------------------------------------
     def toggle_watcher(self) -> str:
-        watcher = self.runtime.watcher
+        watcher = self.watcher
         if watcher is None:
             raise ControlError("no watcher is running")
         if watcher.paused.is_set():
@@ -68,21 +89,9 @@ class Control:
         watcher.pause()
         return "watcher paused"
 
-    def pause_watcher(self) -> str:
-        if self.runtime.watcher is None:
-            raise ControlError("no watcher is running")
-        self.runtime.watcher.pause()
-        return "watcher paused"
-
-    def resume_watcher(self) -> str:
-        if self.runtime.watcher is None:
-            raise ControlError("no watcher is running")
-        self.runtime.watcher.resume()
-        return "watcher resumed"
-
     # -- failed jobs -----------------------------------------------------------------------------------
     def _failed(self) -> FailedJobRegistry:
-        queue = self.runtime.queue
+        queue = self.queue
         if queue is None:
             raise ControlError("the runtime is not started")
         return FailedJobRegistry(queue=queue, serializer=JSONSerializer, job_class=SafeJob)
@@ -117,23 +126,21 @@ class Control:
 
     # -- files -----------------------------------------------------------------------------------------
     def quarantined(self) -> list[dict]:
-        return quarantined(self.runtime.settings.data_dir)
+        return quarantined(self.data_dir)
 
     def replay(self, name: str) -> str:
         """Put a quarantined or rejected file back in the watched folder, and forget its report so it is read again."""
-        settings = self.runtime.settings
-        store = self.runtime.store
         names = {item.get("file") for item in self.quarantined()}
         if name in names:
-            target = replay_file(settings.data_dir, settings.watch, name)
+            target = replay_file(self.data_dir, self.watch, name)
         else:
-            target = settings.watch / name
+            target = self.watch / name
             if not target.is_file():
-                raise ControlError(f"{name} is neither quarantined nor in {settings.watch}")
-        if store is not None:
-            for report in store.reports(limit=2000):
+                raise ControlError(f"{name} is neither quarantined nor in {self.watch}")
+        if self.store is not None:
+            for report in self.store.reports(limit=2000):
                 if report.get("name") == name and report.get("state") in ("rejected", "merged"):
-                    store.forget_report(report["id"])
-        if self.runtime.watcher is not None:
-            self.runtime.watcher.notice(target)
+                    self.store.forget_report(report["id"])
+        if self.watcher is not None:
+            self.watcher.notice(target)
         return self._emit(f"{name} replayed")

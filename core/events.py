@@ -6,7 +6,6 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 log = logging.getLogger("swordsec")
@@ -23,19 +22,13 @@ class Event:
 class EventLog:
     def __init__(self, keep: int = 2000):
         self.events: deque[Event] = deque(maxlen=keep)
-        self._listeners: list[Callable[[Event], None]] = []
         self._lock = threading.Lock()
-
-    def subscribe(self, listener: Callable[[Event], None]) -> None:
-        self._listeners.append(listener)
 
     def emit(self, level: str, text: str, **data) -> Event:
         event = Event(level, text, data=data)
         with self._lock:
             self.events.append(event)
         log.log(getattr(logging, level.upper(), logging.INFO), text, extra={"event": data})
-        for listener in list(self._listeners):
-            listener(event)
         return event
 
     def recent(self, count: int = 200) -> list[Event]:

@@ -160,7 +160,6 @@ class SourceReader:
         self.size = 0
         self._position = 0
         self._guard: _Guard | None = None
-        self.format = "array"
         self._whole = False
 
     @property
@@ -185,7 +184,6 @@ class SourceReader:
                 self.damage = "file is UTF-16, not UTF-8"
                 return
             if self.path.suffix.lower() in LINE_SUFFIXES or (first == b"{" and _looks_like_lines(body)):
-                self.format = "lines"
                 yield from self._lines(handle)
             elif first == b"[":
                 yield from self._small_array(handle) if self.size <= WHOLE_FILE_BYTES else ()

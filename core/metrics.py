@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from typing import TYPE_CHECKING
 
 import redis
 from prometheus_client import GC_COLLECTOR, PLATFORM_COLLECTOR, PROCESS_COLLECTOR, CollectorRegistry, start_http_server
@@ -19,7 +20,16 @@ from prometheus_client.registry import Collector
 from rq import Worker
 from rq.registry import FailedJobRegistry, StartedJobRegistry
 
+from core.config import join_address, parse_address
 from core.taskqueue import JSONSerializer
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from rq import Queue
+
+    from core.store import Store
+    from core.supervisor import Supervisor
 
 # The newest file reports looked at for the files-by-state gauge; bounds a scrape's cost.
 REPORT_WINDOW = 1000
@@ -29,11 +39,13 @@ FILE_STATES = ("streaming", "queued", "merged", "rejected")
 MERGE_OUTCOMES = ("new", "updated", "duplicate")
 
 
-class RuntimeCollector(Collector):
-    """Reads the store, the queue and the supervisor of a runtime on every scrape."""
+class PipelineCollector(Collector):
+    """Reads the store, the queue and (when this process runs workers) the supervisor on every scrape."""
 
-    def __init__(self, runtime):
-        self.runtime = runtime
+    def __init__(self, store: Store, queue: Queue, supervisor: Supervisor | None = None):
+        self.store = store
+        self.queue = queue
+        self.supervisor = supervisor
 
     def collect(self):
         up = GaugeMetricFamily("swordsec_up", "1 when Redis answered this scrape")
@@ -48,7 +60,7 @@ class RuntimeCollector(Collector):
         yield from families
 
     def _families(self):
-        store, queue, supervisor = self.runtime.store, self.runtime.queue, self.runtime.supervisor
+        store, queue, supervisor = self.store, self.queue, self.supervisor
         counters = store.counters()
         yield from _counter_families(counters)
 
@@ -124,17 +136,18 @@ def _counter_families(counters: dict[str, float]):
 class MetricsServer:
     """The HTTP endpoint; its own registry, so several runtimes in one process (tests) never collide."""
 
-    def __init__(self, runtime, listen: str, tls_cert=None, tls_key=None):
-        """Settings decide who may listen where (loopback by default; off loopback needs TLS or --insecure);
-        with tls_cert/tls_key the endpoint is https. The socket is exclusive: SO_REUSEADDR only, never
-        SO_REUSEPORT, so a second instance cannot share the port."""
-        host, _, port = listen.rpartition(":")
-        self.host = host.strip("[]")
-        self.port = int(port)
+    def __init__(self, collector: Collector | None, listen: str, tls_cert: Path | None = None,
+                 tls_key: Path | None = None):
+        """collector: our families (None serves only the process_* and python_* ones). Settings decide who
+        may listen where (loopback by default; off loopback needs TLS or --insecure); with tls_cert/tls_key
+        the endpoint is https. The socket is exclusive: SO_REUSEADDR only, never SO_REUSEPORT, so a second
+        instance cannot share the port."""
+        self.host, self.port = parse_address(listen, "metrics listen address")
         self.tls = tls_cert is not None
         self._tls_files = (str(tls_cert), str(tls_key)) if tls_cert is not None else (None, None)
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(RuntimeCollector(runtime))
+        if collector is not None:
+            self.registry.register(collector)
         for standard in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):  # process_*, python_*
             self.registry.register(standard)
         self._httpd = None
@@ -151,8 +164,7 @@ class MetricsServer:
 
     @property
     def address(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
+        return join_address(self.host, self.port)
 
     def stop(self) -> None:
         if self._httpd is not None:

@@ -34,8 +34,8 @@ def normalise(record: object) -> dict:
 
     Missing or null string fields become "" (the wire format cannot tell them apart); a missing id
     becomes 0. Unknown fields are dropped: the merged file keeps the input's field names only.
-    This runs twice per user on the hot path (client and server), so the common case is kept cheap:
-    exact type checks first, the rarer cases after.
+    The server runs this once per user on the hot path (the client sends records as read), so the common
+    case is kept cheap: exact type checks first, the rarer cases after.
     """
     if type(record) is not dict and not isinstance(record, dict):
         raise RecordError(f"record is a {_json_type(record)}, not an object")

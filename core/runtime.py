@@ -26,6 +26,7 @@ from core.failures import FailureLog
 from core.redis_guard import RedisGuard
 from core.security import exposure, server_name
 from core.server import GrpcServer, Intake
+from core.status import History
 from core.store import Store
 from core.supervisor import Supervisor
 from core.taskqueue import JSONSerializer, SafeJob, make_queue
@@ -120,6 +121,7 @@ class Runtime:
         self._stop_lock = threading.Lock()
         self._stopped: StopOutcome | None = None
         self._drain_abort = threading.Event()
+        self._history = History()  # rates and trends, across this runtime's snapshots
 
     def emit(self, level: str, text: str) -> None:
         self.events.emit(level, text)
@@ -181,9 +183,10 @@ class Runtime:
                 self.watcher.start()
                 self.emit("info", f"watching {s.watch} for {', '.join('*' + p for p in PATTERNS)}")
         if s.metrics_listen:
-            from core.metrics import MetricsServer
+            from core.metrics import MetricsServer, PipelineCollector
 
-            self.metrics = MetricsServer(self, s.metrics_listen, s.tls_cert, s.tls_key).start()
+            collector = PipelineCollector(self.store, self.queue, self.supervisor)
+            self.metrics = MetricsServer(collector, s.metrics_listen, s.tls_cert, s.tls_key).start()
             self.emit("info", f"metrics: Prometheus endpoint on http{'s' if s.tls else ''}://{self.metrics.address}"
                               f"/metrics")
         for level, text in exposure(s, self.server.address if self.server else None,
@@ -350,15 +353,17 @@ class Runtime:
     # -- for the console -------------------------------------------------------------------------------
     def snapshot(self):
         """One consistent picture of the whole system (core.status); safe to call from any thread."""
-        from core.status import collect
+        from core.status import Sources, collect
 
-        return collect(self)
+        return collect(Sources(settings=self.settings, broker=self.broker, events=self.events, history=self._history,
+                               store=self.store, queue=self.queue, supervisor=self.supervisor, server=self.server,
+                               watcher=self.watcher, watching=self.watch, exporter=self.exporter, guard=self.guard))
 
     @property
     def control(self):
-        """Operator commands (core.control): scale workers, requeue or delete jobs, pause the watcher..."""
+        """Operator commands (core.control) over the parts running now: scale workers, requeue or delete jobs,
+        pause the watcher..."""
         from core.control import Control
 
-        if not hasattr(self, "_control"):
-            self._control = Control(self)
-        return self._control
+        return Control(emit=self.emit, data_dir=self.settings.data_dir, watch=self.settings.watch,
+                       supervisor=self.supervisor, queue=self.queue, store=self.store, watcher=self.watcher)

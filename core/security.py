@@ -132,12 +132,12 @@ class BearerToken(grpc.UnaryUnaryClientInterceptor, grpc.StreamUnaryClientInterc
 
 def exposure(settings, grpc_address: str, metrics_address: str | None) -> list[tuple[str, str]]:
     """One log line per listener saying who can reach it and how it is protected (level, text)."""
-    from core.config import is_loopback
+    from core.config import is_loopback, parse_address
 
     lines = []
     if grpc_address is None:
         return lines + _metrics_exposure(settings, metrics_address)
-    host = settings.grpc_listen.rpartition(":")[0]
+    host = parse_address(settings.grpc_listen)[0]
     reach = "this machine only" if is_loopback(host) else "the network"
     guard = ", ".join(g for g in ("TLS" if settings.tls else "", "a bearer token" if settings.token else "") if g)
     if is_loopback(host) or settings.tls:
@@ -154,11 +154,11 @@ def exposure(settings, grpc_address: str, metrics_address: str | None) -> list[t
 
 
 def _metrics_exposure(settings, metrics_address: str | None) -> list[tuple[str, str]]:
-    from core.config import is_loopback
+    from core.config import is_loopback, parse_address
 
     lines = []
     if metrics_address:
-        metrics_host = settings.metrics_listen.rpartition(":")[0]
+        metrics_host = parse_address(settings.metrics_listen)[0]
         if is_loopback(metrics_host):
             lines.append(("info", f"exposed: metrics on {metrics_address} to this machine only"))
         elif settings.tls:

@@ -1,8 +1,9 @@
 """One snapshot of the whole system: services, queue, workers, files, merged users, rates and problems.
 
-Everything the console draws comes from `collect(runtime)`; nothing here knows about the terminal,
-so the same picture can feed a TUI, a test or a future web page. Rates need history, so each
-runtime gets a `History` (kept beside it, weakly) that successive snapshots update.
+Everything the console draws comes from `collect(sources)`; nothing here knows about the terminal,
+so the same picture can feed a TUI, a test or a future web page. `Sources` names the few parts a
+snapshot reads, so this module never reaches into a runtime. Rates need history: the owner of the
+parts keeps one `History` and passes it in every time.
 """
 
 from __future__ import annotations
@@ -10,8 +11,9 @@ from __future__ import annotations
 import os
 import threading
 import time
-import weakref
 from collections import deque
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import redis
 from rq.results import Result
@@ -20,6 +22,19 @@ from rq.worker import Worker
 from core.doctor import diagnose
 from core.snapshot import FailedJob, GrpcInfo, RedisInfo, Snapshot, WatcherInfo, WorkerInfo
 from core.taskqueue import WORKER_TTL, JSONSerializer, SafeJob
+
+if TYPE_CHECKING:
+    from rq import Queue
+
+    from core.broker import Broker
+    from core.config import Settings
+    from core.events import EventLog
+    from core.exporter import Exporter
+    from core.redis_guard import RedisGuard
+    from core.server import GrpcServer
+    from core.store import Store
+    from core.supervisor import Supervisor
+    from core.watcher import Watcher
 
 REGISTRIES = ("queued", "started", "finished", "failed", "deferred", "scheduled", "canceled")
 RATE_WINDOW = 5.0
@@ -66,51 +81,61 @@ class History:
         return users_rate, jobs_rate, tuple(self.rates), trend
 
 
-_HISTORIES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+@dataclass(frozen=True)
+class Sources:
+    """What one snapshot reads. The parts a runtime has not started yet are None."""
+
+    settings: Settings
+    broker: Broker
+    events: EventLog
+    history: History
+    store: Store | None = None
+    queue: Queue | None = None
+    supervisor: Supervisor | None = None
+    server: GrpcServer | None = None
+    watcher: Watcher | None = None
+    watching: bool = False  # the watcher runs (not --once, which reads the folder once)
+    exporter: Exporter | None = None
+    guard: RedisGuard | None = None
 
 
-def history_of(runtime) -> History:
-    return _HISTORIES.setdefault(runtime, History())
-
-
-def collect(runtime, now: float | None = None) -> Snapshot:
+def collect(sources: Sources, now: float | None = None) -> Snapshot:
     """Everything the screen needs in one consistent object; blocking (Redis), so call it off the UI loop."""
     now = time.time() if now is None else now
-    history = history_of(runtime)
-    with history.lock:
-        return _collect(runtime, history, now)
+    with sources.history.lock:
+        return _collect(sources, now)
 
 
-def _collect(runtime, history: History, now: float) -> Snapshot:
-    connection = runtime.broker.client
-    redis_info = _redis_info(runtime, connection)
-    grpc = _grpc_info(runtime.server)
-    watcher = _watcher_info(runtime)
-    events = tuple(runtime.events.recent(500))
-    supervisor = runtime.supervisor
+def _collect(sources: Sources, now: float) -> Snapshot:
+    history = sources.history
+    redis_info = _redis_info(sources)
+    grpc = _grpc_info(sources.server)
+    watcher = _watcher_info(sources.watcher, sources.watching)
+    events = tuple(sources.events.recent(500))
+    supervisor = sources.supervisor
     desired = supervisor.desired if supervisor else 0
     # Known without Redis: a snapshot taken while Redis is away (restarting) must still name it.
-    output_path = str(runtime.settings.output_path)
-    if not redis_info.connected or runtime.queue is None:
+    output_path = str(sources.settings.output_path)
+    if not redis_info.connected or sources.queue is None or sources.store is None:
         snap = Snapshot(taken_at=now, redis=redis_info, grpc=grpc, watcher=watcher, desired_workers=desired,
                         events=events, rate_history=tuple(history.rates), output_path=output_path)
-        return _with_problems(snap, runtime)
-    queue = runtime.queue
+        return _with_problems(snap, sources.settings)
+    queue, store = sources.queue, sources.store
     try:
         counts = _queue_counts(queue)
         workers = _workers(queue, supervisor, now)
-        users = runtime.store.count()
-        files = tuple(runtime.store.reports(limit=500))
-        export = runtime.store.last_export()
-        unreadable = runtime.store.unreadable_inbox()
-        if (exporter := runtime.exporter) is not None and getattr(exporter, "error", ""):
+        users = store.count()
+        files = tuple(store.reports(limit=500))
+        export = store.last_export()
+        unreadable = store.unreadable_inbox()
+        if (exporter := sources.exporter) is not None and exporter.error:
             export = {**export, "error": exporter.error}  # the doctor names the path it cannot write
         failed = _failed_jobs(queue, history)
     except redis.RedisError as error:
         broken = RedisInfo(redis_info.url, redis_info.embedded, False, error=str(error))
         snap = Snapshot(taken_at=now, redis=broken, grpc=grpc, watcher=watcher, desired_workers=desired,
                         events=events, rate_history=tuple(history.rates), output_path=output_path)
-        return _with_problems(snap, runtime)
+        return _with_problems(snap, sources.settings)
     backlog = counts["queued"] + counts["started"]
     users_rate, jobs_rate, rates, trend = history.add(now, users, workers, backlog)
     eta = backlog / jobs_rate if backlog and jobs_rate > 0 else (0.0 if not backlog else None)
@@ -120,18 +145,17 @@ def _collect(runtime, history: History, now: float) -> Snapshot:
         backlog=backlog, backlog_trend=trend, eta=eta, files=files, export=export,
         output_path=output_path, failed=failed, events=events, unreadable_inbox=unreadable,
     )
-    return _with_problems(snap, runtime)
+    return _with_problems(snap, sources.settings)
 
 
-def _with_problems(snap: Snapshot, runtime) -> Snapshot:
-    from dataclasses import replace
-
-    return replace(snap, problems=tuple(diagnose(snap, runtime.settings)))
+def _with_problems(snap: Snapshot, settings: Settings) -> Snapshot:
+    return replace(snap, problems=tuple(diagnose(snap, settings)))
 
 
-def _redis_info(runtime, connection) -> RedisInfo:
-    broker = runtime.broker
+def _redis_info(sources: Sources) -> RedisInfo:
+    broker = sources.broker
     base = dict(url=broker.display_url, embedded=broker.embedded)
+    connection = broker.client
     if connection is None:
         return RedisInfo(connected=False, error="not started", **base)
     try:
@@ -140,12 +164,12 @@ def _redis_info(runtime, connection) -> RedisInfo:
     except (redis.RedisError, OSError) as error:
         return RedisInfo(connected=False, error=str(error), **base)
     # Answering is not enough: a Redis on a full disk answers but refuses writes (core.redis_guard probes).
-    refused = runtime.guard.problem if getattr(runtime, "guard", None) is not None else ""
+    refused = sources.guard.problem if sources.guard is not None else ""
     return RedisInfo(connected=True, version=str(info.get("redis_version", "")),
                      memory=str(memory.get("used_memory_human", "")), error=refused, **base)
 
 
-def _grpc_info(server) -> GrpcInfo | None:
+def _grpc_info(server: GrpcServer | None) -> GrpcInfo | None:
     if server is None:
         return None
     service = server.service
@@ -153,8 +177,19 @@ def _grpc_info(server) -> GrpcInfo | None:
                     calls=service.calls_done)
 
 
-def _watcher_info(runtime) -> WatcherInfo | None:
-    watcher = runtime.watcher
+def waiting_names(watcher: Watcher) -> tuple[str, ...]:
+    """Files settling in the folder and files queued for a reader: both "waiting" to the operator.
+
+    Read from copies taken atomically (a dict copy runs no Python code, so no other thread can change the
+    dict during it; the queue's deque is copied under the queue's own mutex), never by iterating live state.
+    """
+    settling = watcher.candidates.copy()
+    with watcher.ready.mutex:
+        queued = [p for p in watcher.ready.queue if p is not None]
+    return tuple(sorted({p.name for p in [*settling, *queued]}))
+
+
+def _watcher_info(watcher: Watcher | None, watching: bool) -> WatcherInfo | None:
     if watcher is None:
         return None
     folder = watcher.folder
@@ -163,15 +198,9 @@ def _watcher_info(runtime) -> WatcherInfo | None:
         ok, error = False, "missing"
     elif not os.access(folder, os.R_OK | os.X_OK):
         ok, error = False, "not readable"
-    try:
-        # Settling candidates and files already queued for reading are both "waiting" to the operator.
-        queued = [p for p in list(watcher.ready.queue) if p is not None]
-        names = tuple(sorted({p.name for p in list(watcher.candidates) + queued}))
-    except RuntimeError:  # the watcher thread changed the dict mid-copy; the next snapshot will show them
-        names = ()
-    return WatcherInfo(folder=str(folder), active=bool(runtime.watch), paused=watcher.paused.is_set(),
+    return WatcherInfo(folder=str(folder), active=watching, paused=watcher.paused.is_set(),
                        waiting=watcher.waiting, current=watcher.current or "", folder_ok=ok, folder_error=error,
-                       waiting_names=names)
+                       waiting_names=waiting_names(watcher))
 
 
 def _queue_counts(queue) -> dict:

@@ -59,6 +59,17 @@ def claim_external_database() -> str | None:
         return None
 
 
+# Fixtures that start a whole pipeline (Redis, gRPC server, worker processes): a test that takes one is an
+# end-to-end case, marked slow automatically, so `pytest -m "not slow"` is the quick unit and component layer.
+PIPELINE_FIXTURES = {"runtime_factory", "own_redis", "make_runtime"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if PIPELINE_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 class Footprint:
     """What a Redis database held when the suite began: its keys and the members of its sets.
 

@@ -257,3 +257,45 @@ def test_once_can_be_interrupted_and_leaves_nothing_running(tmp_path):
             process.kill()
     assert "Traceback" not in process.stderr.read()
     assert not embedded_redis_alive(tmp_path)
+
+
+def _first_line(process: subprocess.Popen) -> str:
+    """The worker command's first log line (it names the process count), read with a deadline."""
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: lines.put(process.stdout.readline()), daemon=True).start()
+    return lines.get(timeout=60)
+
+
+@pytest.mark.parametrize("env, expected", [({}, os.cpu_count() or 1), ({"SWORDSEC_WORKERS": "1"}, 1)])
+def test_worker_count_defaults_like_the_main_commands_workers(embedded_broker, namespace, env, expected):
+    """`worker` resolves its settings as the main command does: no --count means SWORDSEC_WORKERS, else the
+    number of CPUs (it used to be 1 whatever the machine)."""
+    from rq import Worker
+
+    from core.taskqueue import JSONSerializer, make_queue
+
+    worker = subprocess.Popen([*PROGRAM, "worker", "--redis-url", embedded_broker.url, "--namespace", namespace],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=clean_env(**env))
+    try:
+        assert f"worker: {expected} process(es)" in _first_line(worker)
+        rq_queue = make_queue(embedded_broker.client, namespace)
+        wait_for(lambda: len(Worker.all(queue=rq_queue, serializer=JSONSerializer)) == expected,
+                 message=f"{expected} RQ workers on the queue")
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=60) == 0
+
+
+def test_replay_finds_its_folders_like_the_main_command(tmp_path):
+    """SWORDSEC_DATA_DIR and SWORDSEC_WATCH mean the same to `replay` as to the console, and a bad variable
+    gets the same one line from `worker` as from the console."""
+    quarantine = tmp_path / "data" / "quarantine"
+    quarantine.mkdir(parents=True)
+    (quarantine / "6.json").write_text("[]")
+    env = clean_env(SWORDSEC_DATA_DIR=str(tmp_path / "data"), SWORDSEC_WATCH=str(tmp_path / "drop"))
+    replayed = subprocess.run([*PROGRAM, "replay", "6.json"], capture_output=True, text=True, timeout=60, env=env)
+    assert replayed.returncode == 0, replayed.stderr
+    assert (tmp_path / "drop" / "6.json").read_text() == "[]"
+    bad = subprocess.run([*PROGRAM, "worker", "--redis-url", "redis://127.0.0.1:1/0"], capture_output=True,
+                         text=True, timeout=60, env=clean_env(SWORDSEC_WORKERS="many"))
+    assert bad.returncode == 2 and bad.stderr == "swordsec-console: SWORDSEC_WORKERS='many' is not a valid int\n"

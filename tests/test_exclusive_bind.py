@@ -102,9 +102,9 @@ def test_a_port_held_by_another_reuseport_listener_is_refused(intake):
 
 
 def test_metrics_port_is_exclusive_too():
-    first = MetricsServer(runtime=None, listen="127.0.0.1:0").start()
+    first = MetricsServer(None, listen="127.0.0.1:0").start()
     try:
         with pytest.raises(OSError, match=f"cannot listen on 127.0.0.1:{first.port} for metrics"):
-            MetricsServer(runtime=None, listen=f"127.0.0.1:{first.port}").start()
+            MetricsServer(None, listen=f"127.0.0.1:{first.port}").start()
     finally:
         first.stop()

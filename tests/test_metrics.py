@@ -12,7 +12,7 @@ import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
-from core.metrics import RuntimeCollector
+from core.metrics import PipelineCollector
 from tests.conftest import ROOT, copy_challenge, wait_for
 
 
@@ -89,8 +89,7 @@ def test_redis_down_gives_up_zero_not_an_error():
         def counters(self):
             raise redis.ConnectionError("gone")
 
-    runtime = type("R", (), {"store": Down(), "queue": None, "supervisor": None})()
-    families = {f.name: f for f in RuntimeCollector(runtime).collect()}
+    families = {f.name: f for f in PipelineCollector(Down(), queue=None).collect()}
     assert list(families) == ["swordsec_up"] and families["swordsec_up"].samples[0].value == 0
 
 
@@ -164,3 +163,16 @@ def test_metrics_over_tls_with_the_server_certificate(runtime_factory, tmp_path)
     with pytest.raises((urllib.error.URLError, ConnectionError)):
         urllib.request.urlopen(f"http://{runtime.metrics.address}/metrics", timeout=10).read()
     assert any("exposed: metrics on" in e.text for e in runtime.events.recent(2000))
+
+
+def test_host_port_has_one_parser():
+    import pytest
+
+    from core.config import ConfigError, join_address, parse_address
+
+    assert parse_address("127.0.0.1:9100") == ("127.0.0.1", 9100)
+    assert parse_address("[::1]:0") == ("::1", 0)
+    assert join_address("::1", 9100) == "[::1]:9100" and join_address("0.0.0.0", 1) == "0.0.0.0:1"
+    for bad in ("9100", ":9100", "host:", "host:http", "host:65536", "host:-1"):
+        with pytest.raises(ConfigError, match="is not HOST:PORT"):
+            parse_address(bad, "metrics listen address")

@@ -137,3 +137,71 @@ def test_events_are_in_the_snapshot_in_order(runtime_factory):
     runtime.emit("info", "second")
     texts = [e.text for e in runtime.snapshot().events if isinstance(e, Event)]
     assert texts.index("first") < texts.index("second")
+
+
+def test_a_snapshot_reads_only_the_parts_it_is_given(tmp_path):
+    """No runtime at all: settings, a broker that never started and an event log are a whole (if empty) picture."""
+    from core.broker import Broker
+    from core.config import Settings
+    from core.events import EventLog
+    from core.status import Sources, collect
+
+    settings = Settings(watch=tmp_path / "drop", data_dir=tmp_path / "data")
+    events = EventLog()
+    events.emit("info", "hello")
+    snap = collect(Sources(settings=settings, broker=Broker(None, settings.data_dir), events=events,
+                           history=History()))
+    assert not snap.redis.connected and snap.redis.error == "not started"
+    assert snap.grpc is None and snap.watcher is None and snap.workers == ()
+    assert [e.text for e in snap.events] == ["hello"]
+    assert any("unreachable" in p.what for p in snap.problems)
+
+
+def test_waiting_names_are_read_from_copies_while_the_watcher_changes_them():
+    """The watcher's threads add and drop candidates and queue files while the console polls: every read is
+    a whole, consistent copy, and never an exception."""
+    import queue
+    import threading
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from core.status import waiting_names
+
+    watcher = SimpleNamespace(candidates={}, ready=queue.Queue())
+    stop = threading.Event()
+
+    def churn():
+        n = 0
+        while not stop.is_set():
+            n += 1
+            watcher.candidates[Path(f"drop/{n}.json")] = (n, n)
+            watcher.ready.put(Path(f"drop/q{n}.json"))
+            if n > 50:
+                watcher.candidates.pop(Path(f"drop/{n - 50}.json"), None)
+                watcher.ready.get_nowait()
+
+    thread = threading.Thread(target=churn)
+    thread.start()
+    try:
+        for _ in range(20_000):
+            names = waiting_names(watcher)
+            assert list(names) == sorted(set(names))
+    finally:
+        stop.set()
+        thread.join()
+    watcher.ready.put(None)  # a reader's stop sentinel is not a file
+    assert waiting_names(watcher) == tuple(sorted({p.name for p in [*watcher.candidates,
+                                                                   *list(watcher.ready.queue)[:-1]]}))
+
+
+def test_control_without_its_parts_says_so_in_one_line(tmp_path):
+    said = []
+    control = Control(emit=lambda level, text: said.append(text), data_dir=tmp_path / "data", watch=tmp_path / "drop")
+    for command in (control.add_worker, control.toggle_watcher, control.requeue_all):
+        try:
+            command()
+        except ControlError as error:
+            assert "\n" not in str(error)
+        else:
+            raise AssertionError(f"{command.__name__} without its part must fail")
+    assert said == []

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from rich.text import Text
-from textual.binding import Binding
 from textual.containers import Grid, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Footer, Static
 
 from console.format import number
+from console.keys import DASHBOARD_KEYS, bindings
 from console.widgets.events import EventsPanel
 from console.widgets.failed import FailedPanel
 from console.widgets.files import FilesPanel
@@ -40,11 +40,7 @@ class StatusLine(Static):
 
 
 class DashboardScreen(Screen):
-    BINDINGS = [
-        *(Binding(str(n), f"focus_panel({n - 1})", show=False) for n in range(1, 8)),
-        Binding("h", "hide_panel", "Hide", show=False),
-        Binding("H", "show_all", "Show all", show=False),
-    ]
+    BINDINGS = bindings(DASHBOARD_KEYS)
 
     def compose(self):
         yield StatusLine(id="statusline")

@@ -5,9 +5,9 @@ from __future__ import annotations
 import time
 
 from rich.text import Text
-from textual.binding import Binding
 from textual.widgets import RichLog
 
+from console.keys import Key, bindings
 from console.widgets.panel import FilterInput, Panel
 
 LEVEL_STYLES = {"error": "bold red", "warning": "yellow", "info": "", "debug": "dim"}
@@ -16,11 +16,12 @@ KEEP = 1000
 
 class EventsPanel(Panel):
     TITLE = "7 Events"
-    HELP = "/ filter · f pause or resume autoscroll · escape clears the filter"
-    BINDINGS = [
-        Binding("slash", "filter", "Filter"),
-        Binding("f", "follow", "Autoscroll"),
-    ]
+    HELP = "What happened, newest at the bottom."
+    KEYS = (
+        Key("slash", "filter", "Filter", "filter the log", palette="Filter the event log"),
+        Key("f", "follow", "Autoscroll", "pause / resume autoscroll", palette="Pause / resume event autoscroll"),
+    )
+    BINDINGS = bindings(KEYS)
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)

@@ -2,22 +2,24 @@
 
 from __future__ import annotations
 
-from textual.binding import Binding
 from textual.widgets import DataTable
 
 from console.format import ago
+from console.keys import Key, bindings
 from console.widgets.panel import Panel, PanelTable, row_key, sync_rows
 
 
 class FailedPanel(Panel):
     TITLE = "6 Failed jobs"
-    HELP = "enter shows the traceback · r requeue · A requeue all · d delete"
-    ENTER = "Traceback"
-    BINDINGS = [
-        Binding("r", "requeue", "Requeue"),
-        Binding("A", "requeue_all", "Requeue all"),
-        Binding("d", "delete", "Delete"),
-    ]
+    HELP = "Jobs that failed for good (after their retries), from RQ's failed registry."
+    KEYS = (
+        Key("enter", "traceback", "Traceback", "show the job's traceback", palette="Show the selected job's traceback",
+            bind=False),  # the table's enter (Open) selects the row, and the row opens the traceback
+        Key("r", "requeue", "Requeue", "requeue the selected job", palette="Requeue the selected failed job"),
+        Key("A", "requeue_all", "Requeue all", "requeue every failed job", palette="Requeue all failed jobs"),
+        Key("d", "delete", "Delete", "delete the selected job", palette="Delete the selected failed job"),
+    )
+    BINDINGS = bindings(KEYS)
 
     def compose(self):
         table = PanelTable(id="failed-table")

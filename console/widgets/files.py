@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from rich.text import Text
-from textual.binding import Binding
 from textual.widgets import DataTable
 
 from console.format import bar, duration, file_state, number, size, styled
+from console.keys import Key, bindings
 from console.widgets.panel import Panel, PanelTable, row_key, sync_rows
 
 REPLAYABLE = ("rejected", "partial")
@@ -19,11 +19,14 @@ COMPACT_COLUMNS = ("file", "state", "users", "rejected", "progress", "time")
 
 class FilesPanel(Panel):
     TITLE = "4 Files"
-    HELP = "enter opens a file's report · x replays a rejected or partial (quarantined) file"
-    ENTER = "Report"
-    BINDINGS = [
-        Binding("x", "replay", "Replay"),
-    ]
+    HELP = "Every file seen: the ones being read, then the ones in line, then the finished ones."
+    KEYS = (
+        Key("enter", "report", "Report", "open the file's report", palette="Open the selected file's report",
+            bind=False),  # the table's enter (Open) selects the row, and the row opens the report
+        Key("x", "replay", "Replay", "replay a rejected or partial (quarantined) file",
+            palette="Replay the selected file"),
+    )
+    BINDINGS = bindings(KEYS)
 
     compact: bool | None = None
 

@@ -2,23 +2,32 @@
 
 from __future__ import annotations
 
-from textual.binding import Binding
 from textual.containers import Vertical
 from textual.widgets import DataTable, Input
 
+from console.keys import Key, bindings
+
 
 class Panel(Vertical):
-    """A dashboard panel. Subclasses draw a core.status snapshot in `show()` and own their keys."""
+    """A dashboard panel. Subclasses draw a core.status snapshot in `show()` and own their keys: a subclass
+    declares `KEYS` (console.keys) and derives `BINDINGS = bindings(KEYS)`; the help and the palette read KEYS."""
 
     ALLOW_MAXIMIZE = True
     TITLE = ""
-    HELP = ""
-    ENTER = ""  # what enter does on a row, for the footer and the help
-    BINDINGS = [Binding("m", "toggle_maximize", "Max")]
+    HELP = ""  # what the panel shows, for the help; its keys say the rest
+    # Every panel's key; the palette runs it on the focused panel through the app's action of the same name.
+    KEYS: tuple[Key, ...] = (Key("m", "toggle_maximize", "Max", "maximise / restore the focused panel",
+                                 palette="Maximise / restore the focused panel"),)
+    BINDINGS = bindings(KEYS)
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
         self.border_title = self.TITLE
+
+    @classmethod
+    def own_keys(cls) -> tuple[Key, ...]:
+        """The keys this panel class declares itself (not the ones every panel shares)."""
+        return vars(cls).get("KEYS", ()) if cls is not Panel else ()
 
     def show(self, snap) -> None:
         """Draw a snapshot; called on the UI thread for every fresh one."""
@@ -76,7 +85,8 @@ def sync_rows(table: DataTable, rows: list[tuple[str, tuple]]) -> None:
 class PanelTable(DataTable):
     """A row-cursor table whose enter (open the row's details) is shown in the footer."""
 
-    BINDINGS = [Binding("enter", "select_cursor", "Open")]
+    KEYS = (Key("enter", "select_cursor", "Open"),)  # the panel's own enter Key says what Open does
+    BINDINGS = bindings(KEYS)
 
     def __init__(self, **kwargs) -> None:
         super().__init__(cursor_type="row", zebra_stripes=True, **kwargs)
@@ -85,7 +95,8 @@ class PanelTable(DataTable):
 class FilterInput(Input):
     """The `/` filter box of a table or log: enter applies, escape clears and closes."""
 
-    BINDINGS = [Binding("escape", "close", "Clear filter")]
+    KEYS = (Key("escape", "close", "Clear filter", "clear the filter and close it"),)
+    BINDINGS = bindings(KEYS)
 
     def action_close(self) -> None:
         self.value = ""

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import orjson
 from textual import work
-from textual.binding import Binding
 from textual.widgets import DataTable, Static
 
 from console.format import ago, number, short_path
+from console.keys import Key, bindings
 from console.widgets.panel import FilterInput, Panel
 from core.config import USER_FIELDS
 
@@ -25,14 +25,15 @@ MAX_MATCHES = 10_000
 
 class UsersPanel(Panel):
     TITLE = "5 Merged users"
-    HELP = "] next page · [ previous · g first · G last · / filter on any field · escape clears"
-    BINDINGS = [
-        Binding("right_square_bracket", "page(1)", "Next page"),
-        Binding("left_square_bracket", "page(-1)", "Prev page"),
-        Binding("g", "first", "First", show=False),
-        Binding("G", "last", "Last", show=False),
-        Binding("slash", "filter", "Filter"),
-    ]
+    HELP = "What all_users.json holds, a page at a time, read from the store."
+    KEYS = (
+        Key("right_square_bracket", "page(1)", "Next page", "next page", palette="Next page of users"),
+        Key("left_square_bracket", "page(-1)", "Prev page", "previous page", palette="Previous page of users"),
+        Key("g", "first", "First", "first page", show=False),
+        Key("G", "last", "Last", "last page", show=False),
+        Key("slash", "filter", "Filter", "filter on any field", palette="Filter merged users"),
+    )
+    BINDINGS = bindings(KEYS)
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)

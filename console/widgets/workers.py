@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
-from textual.binding import Binding
 from textual.widgets import DataTable
 
 from console.format import ago, number, styled
+from console.keys import Key, bindings
 from console.widgets.panel import Panel, row_key, sync_rows
 
 
 class WorkersPanel(Panel):
     TITLE = "3 Workers"
-    HELP = "a add a worker · s stop the selected one · R restart it · +/- scale anywhere"
-    BINDINGS = [
-        Binding("a", "add", "Add"),
-        Binding("s", "stop", "Stop"),
-        Binding("R", "restart", "Restart"),
-    ]
+    HELP = "Every RQ worker on this queue, here or on another machine, and what it is doing."
+    KEYS = (
+        Key("a", "add", "Add", "add a worker"),
+        Key("s", "stop", "Stop", "stop the selected worker after its current job", palette="Stop the selected worker"),
+        Key("R", "restart", "Restart", "restart the selected worker", palette="Restart the selected worker"),
+    )
+    BINDINGS = bindings(KEYS)
 
     def compose(self):
         table = DataTable(id="workers-table", cursor_type="row", zebra_stripes=True)
