@@ -150,7 +150,8 @@ class Runtime:
         self.supervisor.start()
         self.emit("info", f"workers: {s.workers} started")
         if self.serve:
-            intake = Intake(self.store, self.queue, s.merge_key, s.batch_size, s.max_backlog)
+            intake = Intake(self.store, self.queue, s.merge_key, s.batch_size, s.max_backlog,
+                            quarantine=s.data_dir / "quarantine", on_event=self.events.emit)
             self.call_log = CallLog(self.events.emit)
             self.server = GrpcServer(intake, s.grpc_listen, tls_cert=s.tls_cert, tls_key=s.tls_key, token=s.token,
                                      max_concurrent_calls=s.max_concurrent_calls, idle_timeout=s.idle_timeout,

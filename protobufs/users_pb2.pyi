@@ -73,12 +73,16 @@ class SourceHeader(_message.Message):
     def __init__(self, name: _Optional[str] = ..., size: _Optional[int] = ..., fingerprint: _Optional[str] = ...) -> None: ...
 
 class SourceTrailer(_message.Message):
-    __slots__ = ("records", "damage")
+    __slots__ = ("records", "damage", "rejected", "rejections")
     RECORDS_FIELD_NUMBER: _ClassVar[int]
     DAMAGE_FIELD_NUMBER: _ClassVar[int]
+    REJECTED_FIELD_NUMBER: _ClassVar[int]
+    REJECTIONS_FIELD_NUMBER: _ClassVar[int]
     records: int
     damage: str
-    def __init__(self, records: _Optional[int] = ..., damage: _Optional[str] = ...) -> None: ...
+    rejected: int
+    rejections: _containers.RepeatedCompositeFieldContainer[Rejection]
+    def __init__(self, records: _Optional[int] = ..., damage: _Optional[str] = ..., rejected: _Optional[int] = ..., rejections: _Optional[_Iterable[_Union[Rejection, _Mapping]]] = ...) -> None: ...
 
 class Rejection(_message.Message):
     __slots__ = ("record", "reason")
