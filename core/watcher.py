@@ -362,7 +362,10 @@ class Watcher:
             with self._lock:
                 self.inflight[report_id] = (path.name, started, path)
                 while len(self.inflight) > INFLIGHT_LIMIT:  # oldest first: merged and logged all the same
-                    self.inflight.pop(next(iter(self.inflight)))
+                    dropped = self.inflight.pop(next(iter(self.inflight)))
+                    self.events.emit("warning", f"{dropped[0]}: no longer followed until merged ({INFLIGHT_LIMIT} "
+                                                f"files are waiting): --after-merge is not applied to it; its "
+                                                f"report still tells its state", file=dropped[0])
             if result.state == "merged":
                 self.check_inflight()
         return report_id, "sent"
