@@ -3,9 +3,12 @@
 A file is read when it is stable (core.dropfiles.stability): a file renamed in whole is read at once;
 one still being written keeps a fresh mtime, does not end its array yet, and waits.
 
-The ledger is the file report in Redis, keyed by a fingerprint of the content: a file whose report
-says merged is never read again (under any name); one that was left streaming or queued by a console
-that died is read again, and idempotent merging makes that safe.
+The watcher finds a stable file, streams it and applies --after-merge; the gRPC server owns the file's
+report (core/ledger.py), exactly as for a file sent from another host. The watcher only reads the ledger,
+keyed by a fingerprint of the content: a file whose report says merged or rejected is not streamed again
+(under any name); one left streaming or queued by a console that died is sent again, and the server skips
+the ranges already merged. The only reports written here are of entries that never reach a stream: one
+refused unopened (a FIFO, a link out of the folder) and one set aside after MAX_ATTEMPTS failures.
 
 An entry that is not a regular file (FIFO, socket, device, folder) or a link out of the folder is refused
 with a one-line reason and never opened; a file is opened once and everything is read from that descriptor
