@@ -97,7 +97,7 @@ class Ledger:
     def begin(self, file_id: str, name: str, size: int, peer: str) -> tuple[SourceStream | None, str]:
         """(the stream, "") when this file is to be read now; else (None, why not): "already ingested"
         (its report says merged or rejected) or "busy" (another stream is sending the same content now)."""
-        known = self.store.report(file_id)
+        known, applied = self.store.report_and_ranges(file_id)
         if known.get("state") in DONE_STATES:
             same = known.get("name")
             note = "" if not same or same == name else f" (same content as {same})"
@@ -108,7 +108,6 @@ class Ledger:
                 return None, "busy"
             self._receiving.add(file_id)
         try:
-            applied = self.store.applied_ranges(file_id)
             attempt = self.store.begin_attempt(file_id, name=name, size=size, peer=peer, state="streaming",
                                                started_at=time.time(), records=0, read_bytes=0)
         except BaseException:
@@ -122,7 +121,11 @@ class Ledger:
 
     def finish(self, stream: SourceStream, batches: int, accepted: int, rejected: int,
                reasons: list[tuple[int, str]]) -> str:
-        """Record the trailer; the state the file is in now (queued, merged or rejected)."""
+        """Record the trailer; the state the file is in now (queued, merged or rejected), or "busy" when another
+        stream began the same file meanwhile (another server on the same Redis): that one finishes it."""
+        current = self.store.redis.hget(self.store.report_key(stream.file_id), "attempt")
+        if current is None or current.decode() != stream.attempt:
+            return "busy"
         trailer = stream.trailer
         damage = trailer.damage.strip().splitlines()[0][:500] if trailer.damage.strip() else ""
         unreadable = bool(damage) and trailer.records == 0
@@ -132,7 +135,7 @@ class Ledger:
                       state="rejected" if unreadable else "queued")
         if damage:  # the copy first: once the report is final, the copy is there to look at
             self._set_aside(stream, damage, accepted)
-        merged = self.store.finish_report(stream.file_id, batches, **fields)
+        merged = self.store.finish_report(stream.file_id, batches, stream.attempt, **fields)
         if unreadable:
             where = f"; set aside in {self.quarantine}" if self.quarantine is not None else ""
             self.emit("warning", f"{stream.name}: rejected: {damage}{where}", file=stream.name, id=stream.file_id,

@@ -110,13 +110,20 @@ class Store:
 
     def applied_ranges(self, report_id: str) -> list[tuple[int, int]]:
         """The union of a file's merged record ranges, as sorted disjoint [start, end) intervals."""
-        members = self.redis.zrange(self.report_key(report_id, "cover"), 0, -1)
+        return self.report_and_ranges(report_id)[1]
+
+    def report_and_ranges(self, report_id: str) -> tuple[dict, list[tuple[int, int]]]:
+        """A file's report and the union of its merged ranges (applied_ranges), in one round trip."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(self.report_key(report_id))
+            pipe.zrange(self.report_key(report_id, "cover"), 0, -1)
+            raw, members = pipe.execute()
         intervals = []
         for member in members:
             start, _, end = member.decode().partition(":")
             if start.isdigit() and end.isdigit():
                 intervals.append((int(start), int(end)))
-        return sorted(intervals)
+        return _decode_report(report_id, raw), sorted(intervals)
 
     def track_staged(self, blob: str, job_id: str) -> None:
         """Remember which job carries a staged batch, so the blob goes when the job does (core/staging.py)."""
@@ -280,14 +287,15 @@ class Store:
         self.redis.hsetnx(report, "attempt", uuid.uuid4().hex[:12])
         return self.redis.hget(report, "attempt").decode()
 
-    def finish_report(self, report_id: str, batches: int, **fields) -> bool:
-        """Record the batch count of a fully sent file; True when it is already merged."""
+    def finish_report(self, report_id: str, batches: int, attempt: str | None = None, **fields) -> bool:
+        """Record the batch count of a fully sent file; True when it is already merged.
+        attempt: the current attempt when the caller knows it (it began it), saving its look-up."""
         args: list = [batches]
         for name, value in fields.items():
             if value is not None:
                 args += [name, _field(value)]
         self.redis.zadd(self.key("files"), {report_id: time.time()})
-        attempt = self.attempt(report_id)
+        attempt = attempt or self.attempt(report_id)
         keys = [self.report_key(report_id), self.report_key(report_id, "seen", attempt), self.counters_key]
         self._count_outcome(self.redis, fields)
         return bool(self._finish_file(keys=keys, args=args))
