@@ -327,7 +327,8 @@ class Runtime:
         outcomes = [o for o in outcomes if o[1] != "busy"]
         sent = list(dict.fromkeys(report_id for report_id, outcome in outcomes if outcome == "sent"))
         self.wait_merged(sent)
-        self.watcher.check_inflight()  # the files merged since its last look: their line and --after-merge
+        self.server.service.intake.ledger.check()  # the server's merged lines come before the summary
+        self.watcher.check_inflight()  # the files merged since its last look: --after-merge
         info = self.exporter.write()
         fresh = [self.store.report(i) for i in sent]
         refused = sum(1 for _, outcome in outcomes if outcome == "refused")
