@@ -36,7 +36,9 @@ def add_send(parser: argparse.ArgumentParser) -> None:
 
 
 def send(args: argparse.Namespace) -> int:
-    """Stream files to a running server, the way the watcher does, and print what it accepted."""
+    """Stream files to a running server, the way the watcher does, and print the server's state for each."""
+    import time
+
     import grpc
 
     from core.client import UsersClient
@@ -53,13 +55,35 @@ def send(args: argparse.Namespace) -> int:
                 print(f"{path}: not a readable file")
                 code = EXIT_INPUT_REJECTED
                 continue
-            try:
-                result = client.send_file(path, batch_size=args.batch_size)
-            except grpc.RpcError as error:
-                print(f"{path}: server refused the stream: {error.code().name}: {error.details()}", file=sys.stderr)
-                return EXIT_FAILURE
+            # "busy": the same content is arriving from another sender (or a stream of ours that was just cut
+            # is still being closed on the server); it is sent again once that one is done.
+            deadline = time.monotonic() + max(args.timeout, 1.0)
+            while True:
+                try:
+                    result = client.send_file(path, batch_size=args.batch_size)
+                except grpc.RpcError as error:
+                    print(f"{path}: server refused the stream: {error.code().name}: {error.details()}",
+                          file=sys.stderr)
+                    return EXIT_FAILURE
+                except OSError as error:
+                    result = None
+                    print(f"{path}: cannot read it: {error.strerror or error}")
+                    code = EXIT_INPUT_REJECTED
+                    break
+                if result.state != "busy" or time.monotonic() > deadline:
+                    break
+                time.sleep(0.5)
+            if result is None:
+                continue
+            if result.state == "already ingested":
+                print(f"{path}: already ingested (id {result.file_id}); nothing sent")
+                continue
+            if result.state == "busy":
+                print(f"{path}: busy: the same content is being received from another sender; send it again later")
+                code = EXIT_FAILURE
+                continue
             line = (f"{path}: {result.records} records, {result.accepted} accepted, {result.rejected} rejected "
-                    f"in {result.seconds:.2f} s")
+                    f"in {result.seconds:.2f} s; {result.state or 'sent'} (id {result.file_id})")
             if result.damage:
                 line += f"; {result.damage}"
             print(line)
@@ -91,7 +115,9 @@ def health(args: argparse.Namespace) -> int:
 
 
 _EPILOGS = {
-    "send": f"Exit codes: {EXIT_OK} every record accepted; {EXIT_INPUT_REJECTED} some records rejected or a file damaged "
+    "send": f"Each file's line says the server's state: queued (merging), merged, rejected, or already ingested "
+            f"(the server has that content, under any name; nothing sent). A file cut off earlier is resumed. "
+            f"Exit codes: {EXIT_OK} every record accepted; {EXIT_INPUT_REJECTED} some records rejected or a file damaged "
             f"(its valid records were kept); {EXIT_FAILURE} no server, or it refused the stream.",
     "health": f"Exit codes: {EXIT_OK} serving; {EXIT_FAILURE} not serving or no answer.",
     "worker": f"Exit codes: {EXIT_OK} stopped by SIGTERM/SIGINT after current jobs; {EXIT_USAGE} bad usage; "

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
+import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -11,7 +14,9 @@ import grpc
 import orjson
 
 from core import security
-from core.ingest import SourceReader
+from core.dropfiles import fingerprint
+from core.ingest import WHOLE_FILE_BYTES, SourceReader
+from core.ledger import RAW_CHUNK_BYTES, RAW_LIMIT_BYTES
 from core.records import RecordError
 from core.server import MAX_MESSAGE_BYTES, MAX_REASONS
 from protobufs import users_pb2, users_pb2_grpc
@@ -34,6 +39,10 @@ class SendResult:
     damage: str | None = None
     seconds: float = 0.0
     read_bytes: int = 0
+    # The server's word on the file: its ledger id and state (queued, merged, rejected, already ingested,
+    # busy; see IngestReport in protobufs/users.proto).
+    file_id: str = ""
+    state: str = ""
 
     def reject(self, record: int, reason: str) -> None:
         self.rejected += 1
@@ -44,6 +53,32 @@ class SendResult:
     def unreadable(self) -> bool:
         """Nothing could be read and the file is not a valid empty array."""
         return self.damage is not None and self.records == 0
+
+
+@dataclass
+class Source:
+    """A file opened for sending, read once: its fingerprint, and what the parser reads (memory or the file).
+
+    A file the reader takes whole (up to WHOLE_FILE_BYTES) is read into memory and that one read serves the
+    fingerprint, the parse and a quarantine copy; a larger one is hashed first (the header must go before
+    the first batch), then streamed from the start."""
+
+    handle: object
+    size: int
+    fingerprint: str
+    data: bytes | None
+
+    @classmethod
+    def read(cls, handle) -> "Source":
+        size = os.fstat(handle.fileno()).st_size
+        handle.seek(0)
+        data = handle.read(WHOLE_FILE_BYTES + 1) if size <= WHOLE_FILE_BYTES else None
+        if data is not None and len(data) <= WHOLE_FILE_BYTES:
+            return cls(handle, len(data), hashlib.blake2b(data, digest_size=16).hexdigest(), data)
+        return cls(handle, size, fingerprint(handle), None)
+
+    def parse(self):
+        return io.BytesIO(self.data) if self.data is not None else self.handle
 
 
 class UsersClient:
@@ -83,19 +118,35 @@ class UsersClient:
     def wait_ready(self, timeout: float = 10.0) -> None:
         grpc.channel_ready_future(self.channel).result(timeout=timeout)
 
-    def send_file(self, path: Path, file_id: str = "", batch_size: int = 1000,
-                  on_progress: Callable[[SendResult], None] | None = None, handle=None) -> SendResult:
-        """Stream one file's users in batches; rejected records are counted with their reasons.
+    def send_file(self, path: Path, batch_size: int = 1000,
+                  on_progress: Callable[[SendResult], None] | None = None, handle=None, *,
+                  name: str | None = None, source: Source | None = None) -> SendResult:
+        """Stream one file with its header (name, size, fingerprint) and trailer: the server owns its report,
+        so the file is deduplicated, resumed and quarantined wherever it is sent from.
 
-        handle: the file already open (the watcher's checked descriptor): read from it, not from `path`."""
+        handle: the file already open (the watcher's checked descriptor): read from it, not from `path`;
+        source: that handle already read (Source.read), when the caller needed its fingerprint first.
+        The file is read once (see Source); only a damaged file larger than WHOLE_FILE_BYTES is read again,
+        for the copy the server keeps in its quarantine."""
         path = Path(path)
-        result = SendResult(source=path.name)
-        reader = SourceReader(path, handle=handle)
+        result = SendResult(source=name or path.name)
         started = time.monotonic()
-        batches = self._batches(reader, result, file_id, batch_size, on_progress)
-        report = self.stub.SendUserBatches(batches, timeout=self.timeout)
-        result.size = reader.size
+        own = handle is None and source is None
+        if own:
+            handle = open(path, "rb")
+        try:
+            source = source or Source.read(handle)
+            result.file_id = source.fingerprint
+            reader = SourceReader(path, handle=source.parse())
+            header = users_pb2.SourceHeader(name=result.source, size=source.size, fingerprint=source.fingerprint)
+            batches = self._batches(reader, result, header, batch_size, on_progress, source)
+            report = self.stub.SendUserBatches(batches, timeout=self.timeout)
+        finally:
+            if own:
+                handle.close()
+        result.size = source.size
         result.damage = reader.damage
+        result.state = report.state
         result.accepted = report.accepted
         result.batches = report.batches
         result.rejected += report.rejected
@@ -103,13 +154,15 @@ class UsersClient:
         result.seconds = time.monotonic() - started
         return result
 
-    def _batches(self, reader: SourceReader, result: SendResult, file_id: str, batch_size: int,
-                 on_progress) -> Iterator[users_pb2.UserBatch]:
+    def _batches(self, reader: SourceReader, result: SendResult, header, batch_size: int, on_progress,
+                 source: Source) -> Iterator[users_pb2.UserBatch]:
         """Records go to the server as read: it validates each one (it must, whoever the client is) and
-        reports rejections by record number, which stay exact because every record of a batch is sent."""
+        reports rejections by record number, which stay exact because every record of a batch is sent.
+        The header rides on the first message, the trailer on a message of its own after the last batch."""
         index = 0
         pending: list = []
         first = 0
+        opening = [header]
 
         def flush():
             nonlocal index
@@ -117,8 +170,8 @@ class UsersClient:
                 if payload is None:  # one record bigger than a whole message, or not encodable: never sent
                     result.reject(start, why)
                     continue
-                yield users_pb2.UserBatch(users_json=payload, source=result.source, file_id=file_id,
-                                          index=index, first_record=start)
+                yield users_pb2.UserBatch(users_json=payload, source=result.source, index=index, first_record=start,
+                                          source_bytes=reader.position, header=opening.pop() if opening else None)
                 index += 1
 
         try:
@@ -140,10 +193,17 @@ class UsersClient:
                         on_progress(result)
         except OSError as error:
             reader.damage = f"cannot read the file: {error.strerror or error}"
-        if pending or index == 0:
+        if pending:
             yield from flush()
         if on_progress:
             on_progress(result)
+        trailer = users_pb2.SourceTrailer(
+            records=result.records, damage=reader.damage or "", rejected=result.rejected,
+            rejections=[users_pb2.Rejection(record=r, reason=m) for r, m in result.reasons])
+        yield users_pb2.UserBatch(source=result.source, index=index, header=opening.pop() if opening else None,
+                                  trailer=trailer)
+        if reader.damage and source.size <= RAW_LIMIT_BYTES:  # the server keeps a copy in its quarantine
+            yield from _raw_chunks(source.data, source.handle, source.size)
 
     def send_unary(self, user: dict) -> users_pb2.UserResponse:
         return self.stub.SendUserInfo(users_pb2.UserRequest(**user), timeout=self.timeout)
@@ -171,3 +231,16 @@ def _payloads(records: list, first: int):
         yield from _payloads(records[half:], first + half)
         return
     yield payload, first, None
+
+
+def _raw_chunks(data: bytes | None, handle, size: int) -> Iterator[users_pb2.UserBatch]:
+    """The source's bytes from its first, for the server's quarantine copy (from memory when read whole)."""
+    if data is not None:
+        for offset in range(0, len(data), RAW_CHUNK_BYTES):
+            yield users_pb2.UserBatch(raw=data[offset:offset + RAW_CHUNK_BYTES])
+        return
+    handle.seek(0)
+    left = size
+    while left > 0 and (chunk := handle.read(min(RAW_CHUNK_BYTES, left))):
+        left -= len(chunk)
+        yield users_pb2.UserBatch(raw=chunk)

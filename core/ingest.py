@@ -7,6 +7,7 @@ before it is yielded, and `damage` says where and why the file broke.
 
 from __future__ import annotations
 
+import io
 import os
 import re
 from collections.abc import Iterator
@@ -298,6 +299,8 @@ def _looks_like_lines(body: bytes) -> bool:
 
 
 def _file_size(handle) -> int:
+    if isinstance(handle, io.BytesIO):  # a file the client already read whole (core/client.py)
+        return len(handle.getbuffer())
     return os.fstat(handle.fileno()).st_size
 
 

@@ -161,7 +161,8 @@ class Runtime:
         self.supervisor.start()
         self.emit("info", f"workers: {s.workers} started")
         if self.serve:
-            intake = Intake(self.store, self.queue, s.merge_key, s.batch_size, s.max_backlog)
+            intake = Intake(self.store, self.queue, s.merge_key, s.batch_size, s.max_backlog,
+                            quarantine=s.data_dir / "quarantine", on_event=self.events.emit)
             self.call_log = CallLog(self.events.emit)
             self.server = GrpcServer(intake, s.grpc_listen, tls_cert=s.tls_cert, tls_key=s.tls_key, token=s.token,
                                      max_concurrent_calls=s.max_concurrent_calls, idle_timeout=s.idle_timeout,
@@ -338,7 +339,8 @@ class Runtime:
         outcomes = [o for o in outcomes if o[1] != "busy"]
         sent = list(dict.fromkeys(report_id for report_id, outcome in outcomes if outcome == "sent"))
         self.wait_merged(sent)
-        self.watcher.check_inflight()  # the files merged since its last look: their line and --after-merge
+        self.server.service.intake.ledger.check()  # the server's merged lines come before the summary
+        self.watcher.check_inflight()  # the files merged since its last look: --after-merge
         info = self.exporter.write()
         fresh = [self.store.report(i) for i in sent]
         refused = sum(1 for _, outcome in outcomes if outcome == "refused")

@@ -26,6 +26,7 @@ from grpc_reflection.v1alpha import reflection
 from core import security
 from core.admission import DEFAULT_IDLE_TIMEOUT, MAX_BATCH_USERS, RESERVED_THREADS, Admission
 from core.backpressure import StagedBytes
+from core.ledger import RAW_CHUNK_BYTES, Ledger, SourceStream
 from core.records import RecordError, normalise
 from core.store import Store
 from core.taskqueue import enqueue_batch, enqueue_drain
@@ -77,14 +78,16 @@ class Ranges:
             self.starts.pop(i + 1)
 
 
-def batch_span(batch, records: int, ordinal: int, ranges: dict[str, Ranges]) -> str:
+def batch_span(batch, records: int, ordinal: int, ranges: dict[str, Ranges], file_id: str | None = None) -> str:
     """The batch's identity inside its report, or BadBatch (see UserBatch in protobufs/users.proto).
 
     With a file_id: its record range "first:count", checked against the ranges this stream sent.
     Without: a batch of its own stream (the report is the stream's), so it is never taken for another.
+    file_id: the source's, when the stream began with a header (the batch's own may then be empty).
     """
-    if batch.file_id and not FILE_ID.fullmatch(batch.file_id):
-        raise BadBatch(f"file_id {batch.file_id[:80]!r} is not a file fingerprint (32 lowercase hex digits); "
+    file_id = batch.file_id if file_id is None else file_id
+    if file_id and not FILE_ID.fullmatch(file_id):
+        raise BadBatch(f"file_id {file_id[:80]!r} is not a file fingerprint (32 lowercase hex digits); "
                        f"leave it empty for an ad-hoc send")
     covered = batch.record_count or records
     if covered < records:
@@ -92,10 +95,17 @@ def batch_span(batch, records: int, ordinal: int, ranges: dict[str, Ranges]) -> 
     start, end = batch.first_record, batch.first_record + covered
     if end >= RECORD_LIMIT:
         raise BadBatch(f"record range {start}:{covered} ends past {RECORD_LIMIT}")
-    if not batch.file_id:
+    if not file_id:
         return f"{ordinal}:{start}:{covered}"
-    ranges.setdefault(batch.file_id, Ranges()).add(start, end)
+    ranges.setdefault(file_id, Ranges()).add(start, end)
     return f"{start}:{covered}"
+
+
+def source_name(text: str) -> str:
+    """A header's name as shown in reports and used for a quarantine copy: its last path part, printable."""
+    name = Path(text.replace("\\", "/")).name
+    name = "".join(c if c.isprintable() else "?" for c in name)[:200]
+    return name if name not in ("", ".", "..") else "unnamed"
 
 
 def user_from_pb(message: users_pb2.UserRequest) -> dict:
@@ -105,12 +115,16 @@ def user_from_pb(message: users_pb2.UserRequest) -> dict:
 class Intake:
     """Validates users and hands them to Redis; shared by every RPC so they behave alike."""
 
-    def __init__(self, store: Store, queue, key_field: str, batch_size: int, max_backlog: int = 0):
+    def __init__(self, store: Store, queue, key_field: str, batch_size: int, max_backlog: int = 0, *,
+                 quarantine: Path | None = None, on_event=None):
+        """quarantine: where copies of damaged files sent with a header go; on_event(level, text, **fields)
+        hears the ledger's lines (merged, already ingested, rejected)."""
         self.store = store
         self.queue = queue
         self.key_field = key_field
         self.batch_size = batch_size
         self.max_backlog = max_backlog
+        self.ledger = Ledger(store, quarantine, on_event)
 
     # Set by GrpcServer: back-pressure on the bytes staged for queued jobs, not only on their number.
     staged_bytes_bound: StagedBytes | None = None
@@ -126,20 +140,23 @@ class Intake:
                                        or (bound is not None and bound.over())):
             time.sleep(0.05)
 
-    def validate(self, records, first_record: int, report: "Tally") -> list[dict]:
+    def validate(self, records, first_record: int, report: "Tally", count: bool = True) -> list[dict]:
+        """count: add the rejections to the records:rejected counter (not for a range merged before)."""
         users = []
         for offset, record in enumerate(records):
             try:
                 users.append(normalise(record))
             except RecordError as error:
                 report.reject(first_record + offset, str(error))
-        if rejected := len(records) - len(users):
+        if count and (rejected := len(records) - len(users)):
             self.store.count_records(rejected=rejected)  # accepted ones are counted as they are staged
         return users
 
-    def enqueue(self, report_id: str, attempt: str, source: str, span: str, users: list[dict]) -> None:
-        """One job per batch, even an empty one (all rejected): the file's batch tally must complete."""
-        seq, blob = self.store.stage_batch(users)
+    def enqueue(self, report_id: str, attempt: str, source: str, span: str, users: list[dict],
+                progress: dict | None = None) -> None:
+        """One job per batch, even an empty one (all rejected): the file's batch tally must complete.
+        progress: fields of the file's report written with the staging (records read, bytes read)."""
+        seq, blob = self.store.stage_batch(users, (report_id, progress) if progress else None)
         job = enqueue_batch(self.queue, {"namespace": self.store.ns, "report": report_id, "attempt": attempt,
                                          "span": span, "seq": seq, "key": self.key_field, "source": source,
                                          "blob": blob, "count": len(users)})
@@ -246,35 +263,110 @@ class UsersService(users_pb2_grpc.UsersServicer):
         adhoc = "adhoc-" + uuid.uuid4().hex
         attempts: dict[str, str] = {}
         ranges: dict[str, Ranges] = {}
-        with self._call(context, True, tally):
-            for batch in request_iterator:
-                records: list = [user_from_pb(u) for u in batch.users]
-                try:
-                    if batch.users_json:
-                        extra = orjson.loads(batch.users_json)
-                        if not isinstance(extra, list):
-                            raise BadBatch("users_json is not a JSON array")
-                        records.extend(extra)
-                    span = batch_span(batch, len(records), tally.batches, ranges)
-                except (BadBatch, orjson.JSONDecodeError) as error:
-                    # Batches before this one are queued and stay (idempotent on a resend); nothing after it is read.
-                    where = "users_json: " if isinstance(error, orjson.JSONDecodeError) else ""
-                    context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"batch {tally.batches}: {where}{error}")
-                report_id = batch.file_id or adhoc
-                if report_id not in attempts:
-                    attempts[report_id] = self.intake.store.attempt(report_id)
-                users = self.intake.validate(records, batch.first_record, tally)
-                self.intake.hold(context)
-                self.intake.enqueue(report_id, attempts[report_id], batch.source or "stream", span, users)
-                tally.accepted += len(users)
-                tally.batches += 1
-            if adhoc in attempts:
-                self.intake.store.finish_report(adhoc, tally.batches, name="send", state="queued",
-                                                accepted=tally.accepted, rejected=tally.rejected)
+        ledger = self.intake.ledger
+        source: SourceStream | None = None
+        try:
+            with self._call(context, True, tally):
+                for batch in request_iterator:
+                    if source is not None and source.trailer is not None:
+                        self._after_trailer(batch, source, tally, context)
+                        continue
+                    if batch.HasField("header"):
+                        if tally.batches or source is not None:
+                            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                          f"batch {tally.batches}: a header comes on the first batch only")
+                        source, answer = self._begin(batch, context)
+                        if source is None:  # already ingested or busy: nothing more is read
+                            return answer
+                        attempts[source.file_id] = source.attempt
+                    elif source is not None and batch.file_id not in ("", source.file_id):
+                        context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                      f"batch {tally.batches}: file_id is not the header's fingerprint")
+                    carries = batch.users or batch.users_json or batch.record_count
+                    if carries or source is None or not (batch.HasField("header") or batch.HasField("trailer")):
+                        # (a header or a trailer alone is not a batch: it covers no records)
+                        self._batch(batch, source, tally, adhoc, attempts, ranges, context)
+                    if source is not None and batch.HasField("trailer"):
+                        source.trailer = batch.trailer
+                if adhoc in attempts:
+                    self.intake.store.finish_report(adhoc, tally.batches, name="send", state="queued",
+                                                    accepted=tally.accepted, rejected=tally.rejected)
+                state = ""
+                if source is not None:
+                    state = "streaming"  # no trailer: the file is resumed when it is sent again
+                    if source.trailer is not None:
+                        trailer = source.trailer
+                        reasons = tally.reasons + [(r.record, r.reason) for r in trailer.rejections]
+                        state = ledger.finish(source, tally.batches, tally.accepted,
+                                              tally.rejected + trailer.rejected, reasons[:MAX_REASONS])
+        finally:
+            if source is not None:
+                ledger.release(source.file_id)
+                source.close()
         return users_pb2.IngestReport(
             status=tally.rejected == 0, message=tally.message(), accepted=tally.accepted, rejected=tally.rejected,
             batches=tally.batches, rejections=[users_pb2.Rejection(record=r, reason=m) for r, m in tally.reasons],
+            file_id=source.file_id if source is not None else "", state=state,
         )
+
+    def _begin(self, batch, context) -> tuple[SourceStream | None, users_pb2.IngestReport | None]:
+        """A stream that says what it carries: the ledger begins the file's attempt, or answers at once."""
+        header = batch.header
+        fingerprint = header.fingerprint
+        if not FILE_ID.fullmatch(fingerprint):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                          f"batch 0: header fingerprint {fingerprint[:80]!r} is not 32 lowercase hex digits")
+        if batch.file_id not in ("", fingerprint):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "batch 0: file_id is not the header's fingerprint")
+        name = source_name(header.name or batch.source)
+        source, why = self.intake.ledger.begin(fingerprint, name, header.size, context.peer())
+        if source is None:
+            return None, users_pb2.IngestReport(status=True, message=f"{name}: {why}", file_id=fingerprint,
+                                                state=why)
+        return source, None
+
+    def _batch(self, batch, source: SourceStream | None, tally: Tally, adhoc: str, attempts: dict[str, str],
+               ranges: dict[str, Ranges], context) -> None:
+        """Decode, check, validate and queue one batch; a range the file merged before is only counted."""
+        records: list = [user_from_pb(u) for u in batch.users]
+        try:
+            if batch.users_json:
+                extra = orjson.loads(batch.users_json)
+                if not isinstance(extra, list):
+                    raise BadBatch("users_json is not a JSON array")
+                records.extend(extra)
+            span = batch_span(batch, len(records), tally.batches, ranges,
+                              source.file_id if source is not None else None)
+        except (BadBatch, orjson.JSONDecodeError) as error:
+            # Batches before this one are queued and stay (idempotent on a resend); nothing after it is read.
+            where = "users_json: " if isinstance(error, orjson.JSONDecodeError) else ""
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"batch {tally.batches}: {where}{error}")
+        if source is not None:
+            end = batch.first_record + (batch.record_count or len(records))
+            if source.covers(batch.first_record, end):
+                # Merged before this stream began (a resume): counted for the report, never staged again.
+                tally.accepted += len(self.intake.validate(records, batch.first_record, tally, count=False))
+                return
+            report_id, progress = source.file_id, {"records": end, "read_bytes": batch.source_bytes}
+        else:
+            report_id, progress = batch.file_id or adhoc, None
+            if report_id not in attempts:
+                attempts[report_id] = self.intake.store.attempt(report_id)
+        users = self.intake.validate(records, batch.first_record, tally)
+        self.intake.hold(context)
+        self.intake.enqueue(report_id, attempts[report_id], batch.source or "stream", span, users, progress)
+        tally.accepted += len(users)
+        tally.batches += 1
+
+    def _after_trailer(self, batch, source: SourceStream, tally: Tally, context) -> None:
+        """After the trailer only the raw copy of a damaged file may come."""
+        if batch.users or batch.users_json or batch.HasField("header") or batch.HasField("trailer"):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                          f"batch {tally.batches}: after the trailer only raw chunks may come")
+        if len(batch.raw) > RAW_CHUNK_BYTES:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"a raw chunk is over {RAW_CHUNK_BYTES} bytes")
+        if source.trailer.damage:
+            source.add_raw(batch.raw, self.intake.ledger.quarantine)
 
 
 class GrpcServer:
@@ -353,6 +445,7 @@ class GrpcServer:
         return f"{host}:{self.port}"
 
     def start(self) -> None:
+        self.service.intake.ledger.start()
         self.admission.start()
         self.server.start()
         if self.private_server is not None:
@@ -370,5 +463,6 @@ class GrpcServer:
         for event in stopping:
             event.wait()
         self.admission.stop()
+        self.service.intake.ledger.stop()  # after the streams: a file merged by now still gets its line
         if self.private_dir is not None:
             shutil.rmtree(self.private_dir, ignore_errors=True)

@@ -14,7 +14,9 @@ Key layout (all under the namespace, default "swordsec"):
                       sweep delete the blobs whose job is gone (core/staging.py)
   merge-key     str   the user field this store merges by; another one is refused (MergeKeyMismatch)
   file:<id>     hash  one file's report (id: a 32-hex content fingerprint, or one the server made); file:<id>:done holds the record ranges already merged,
-                      file:<id>:seen:<attempt> the ranges the current ingest attempt has counted
+                      file:<id>:cover their union as disjoint intervals (zset "start:end" by start, merge.lua),
+                      file:<id>:seen:<attempt> the ranges the current ingest attempt has counted.
+                      Only the gRPC server writes a file's report (core/ledger.py); the watcher reads it
   files         zset  file id -> last update time (the ledger index, newest first)
   export        hash  what the last all_users.json write held
   counters      hash  Prometheus counters (core/lua/counters.lua, core/metrics.py): monotonic, every process adds
@@ -80,7 +82,7 @@ class Store:
             self.key("version"), self.report_key(report_id), self.report_key(report_id, "done"),
             self.key("inbox"), self.report_key(report_id, "seen", attempt), blob or self.key("batch", "none"),
             self.key("users", "count"), self.codec.dictionary.keys[2], self.key("inbox", "unreadable"),
-            self.key("staged"), self.key("staged", "jobs"), self.counters_key,
+            self.key("staged"), self.key("staged", "jobs"), self.counters_key, self.report_key(report_id, "cover"),
         ]
 
     # -- writing users -------------------------------------------------------------------------------
@@ -88,11 +90,12 @@ class Store:
         """Reserve `count` ingest sequence numbers; return the first."""
         return int(self.redis.incrby(self.key("seq"), count)) - count + 1
 
-    def stage_batch(self, users: list[dict]) -> tuple[int, str]:
+    def stage_batch(self, users: list[dict], progress: tuple[str, dict] | None = None) -> tuple[int, str]:
         """Reserve ingest sequence numbers and park the users in Redis for a merge job, in one round trip.
 
         The job then carries a reference, not the users: RQ compresses and keeps a job's data for as long
         as its result lives, while a staged batch is deleted by the merge that applies it.
+        progress: (report id, fields) written to the file's report in the same round trip.
         """
         blob = self.key("batch", uuid.uuid4().hex)
         with self.redis.pipeline(transaction=True) as pipe:
@@ -100,8 +103,27 @@ class Store:
             pipe.set(blob, orjson.dumps(users))
             pipe.zadd(self.key("staged"), {blob: time.time()})
             self.count_records(accepted=len(users), client=pipe)
+            if progress is not None:
+                pipe.hset(self.report_key(progress[0]), mapping={k: _field(v) for k, v in progress[1].items()})
             last, *_ = pipe.execute()
         return int(last) - max(1, len(users)) + 1, blob
+
+    def applied_ranges(self, report_id: str) -> list[tuple[int, int]]:
+        """The union of a file's merged record ranges, as sorted disjoint [start, end) intervals."""
+        return self.report_and_ranges(report_id)[1]
+
+    def report_and_ranges(self, report_id: str) -> tuple[dict, list[tuple[int, int]]]:
+        """A file's report and the union of its merged ranges (applied_ranges), in one round trip."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(self.report_key(report_id))
+            pipe.zrange(self.report_key(report_id, "cover"), 0, -1)
+            raw, members = pipe.execute()
+        intervals = []
+        for member in members:
+            start, _, end = member.decode().partition(":")
+            if start.isdigit() and end.isdigit():
+                intervals.append((int(start), int(end)))
+        return _decode_report(report_id, raw), sorted(intervals)
 
     def track_staged(self, blob: str, job_id: str) -> None:
         """Remember which job carries a staged batch, so the blob goes when the job does (core/staging.py)."""
@@ -265,14 +287,15 @@ class Store:
         self.redis.hsetnx(report, "attempt", uuid.uuid4().hex[:12])
         return self.redis.hget(report, "attempt").decode()
 
-    def finish_report(self, report_id: str, batches: int, **fields) -> bool:
-        """Record the batch count of a fully sent file; True when it is already merged."""
+    def finish_report(self, report_id: str, batches: int, attempt: str | None = None, **fields) -> bool:
+        """Record the batch count of a fully sent file; True when it is already merged.
+        attempt: the current attempt when the caller knows it (it began it), saving its look-up."""
         args: list = [batches]
         for name, value in fields.items():
             if value is not None:
                 args += [name, _field(value)]
         self.redis.zadd(self.key("files"), {report_id: time.time()})
-        attempt = self.attempt(report_id)
+        attempt = attempt or self.attempt(report_id)
         keys = [self.report_key(report_id), self.report_key(report_id, "seen", attempt), self.counters_key]
         self._count_outcome(self.redis, fields)
         return bool(self._finish_file(keys=keys, args=args))
@@ -296,6 +319,7 @@ class Store:
     def forget_report(self, report_id: str) -> None:
         attempt = self.redis.hget(self.report_key(report_id), "attempt")
         self.redis.delete(self.report_key(report_id), self.report_key(report_id, "done"),
+                          self.report_key(report_id, "cover"),
                           self.report_key(report_id, "seen", attempt.decode() if attempt else ""))
         self.redis.zrem(self.key("files"), report_id)
 

@@ -3,9 +3,12 @@
 A file is read when it is stable (core.dropfiles.stability): a file renamed in whole is read at once;
 one still being written keeps a fresh mtime, does not end its array yet, and waits.
 
-The ledger is the file report in Redis, keyed by a fingerprint of the content: a file whose report
-says merged is never read again (under any name); one that was left streaming or queued by a console
-that died is read again, and idempotent merging makes that safe.
+The watcher finds a stable file, streams it and applies --after-merge; the gRPC server owns the file's
+report (core/ledger.py), exactly as for a file sent from another host. The watcher only reads the ledger,
+keyed by a fingerprint of the content: a file whose report says merged or rejected is not streamed again
+(under any name); one left streaming or queued by a console that died is sent again, and the server skips
+the ranges already merged. The only reports written here are of entries that never reach a stream: one
+refused unopened (a FIFO, a link out of the folder) and one set aside after MAX_ATTEMPTS failures.
 
 An entry that is not a regular file (FIFO, socket, device, folder) or a link out of the folder is refused
 with a one-line reason and never opened; a file is opened once and everything is read from that descriptor
@@ -32,8 +35,8 @@ import grpc
 import redis
 import watchfiles
 
-from core.aftermerge import dispose, merged_line
-from core.client import SendResult, UsersClient
+from core.aftermerge import dispose
+from core.client import Source, UsersClient
 from core.codec import StaleDictionary
 from core.dropfiles import UNSEEN, Refused, fingerprint, is_candidate, open_checked, signature, stability
 from core.events import EventLog
@@ -311,7 +314,8 @@ class Watcher:
         return None, "refused"
 
     def _ingest_open(self, path: Path, handle) -> tuple[str | None, str]:
-        report_id = fingerprint(handle)
+        source = Source.read(handle)  # the one read: fingerprint here, parse and send from it
+        report_id = source.fingerprint
         known = self.store.report(report_id)
         if known.get("state") in DONE_STATES:
             same = known.get("name")
@@ -334,52 +338,43 @@ class Watcher:
                 return report_id, "busy"
             self.reading[report_id] = path.name
         try:
-            return self._stream(path, report_id, handle)
+            return self._stream(path, report_id, source)
         finally:
             with self._lock:
                 self.reading.pop(report_id, None)
 
-    def _stream(self, path: Path, report_id: str, handle) -> tuple[str, str]:
+    def _stream(self, path: Path, report_id: str, source: Source) -> tuple[str, str]:
+        """Send the file; the server records everything about it (begin, progress, finish, damage and its
+        quarantine copy, the merged line). Here only what the after-merge policy needs is kept."""
         started = time.time()
-        self.store.begin_attempt(report_id, name=path.name, path=str(path), state="streaming", started_at=started,
-                                 size=os.fstat(handle.fileno()).st_size)
-        result = self.client.send_file(path, file_id=report_id, batch_size=self.batch_size, handle=handle,
-                                       on_progress=lambda r: self._progress(report_id, r))
-        self._finish(path, report_id, result, started, handle)
+        result = self.client.send_file(path, batch_size=self.batch_size, source=source)
+        report_id = result.file_id or report_id
+        if result.state == "busy":  # the same content is arriving from another sender: look again later
+            with self._lock:
+                self.candidates.setdefault(path, UNSEEN)
+                self.known.pop(path, None)
+            return report_id, "busy"
+        if result.state == "already ingested":  # done before, under another name or from another host
+            known = self.store.report(report_id)
+            if known.get("state") == "merged":
+                self._dispose(path, known)
+            return report_id, "skipped"
+        if result.state not in ("queued", "merged", "rejected"):
+            raise RuntimeError(f"the server left the file {result.state or 'unfinished'}")
+        if result.state != "rejected":
+            with self._lock:
+                self.inflight[report_id] = (path.name, started, path)
+                while len(self.inflight) > INFLIGHT_LIMIT:  # oldest first: merged and logged all the same
+                    dropped = self.inflight.pop(next(iter(self.inflight)))
+                    self.events.emit("warning", f"{dropped[0]}: no longer followed until merged ({INFLIGHT_LIMIT} "
+                                                f"files are waiting): --after-merge is not applied to it; its "
+                                                f"report still tells its state", file=dropped[0])
+            if result.state == "merged":
+                self.check_inflight()
         return report_id, "sent"
 
-    def _progress(self, report_id: str, result: SendResult) -> None:
-        # Back-pressure is the server's (Intake.hold): it stops reading the stream, which stalls us here.
-        self.store.update_report(report_id, records=result.records, rejected=result.rejected,
-                                 read_bytes=result.read_bytes)
-
-    def _finish(self, path: Path, report_id: str, result: SendResult, started: float, handle) -> None:
-        fields = dict(records=result.records, accepted=result.accepted, rejected=result.rejected,
-                      reasons=[f"record {n}: {why}" for n, why in result.reasons], size=result.size,
-                      damage=result.damage or "", seconds=round(time.time() - started, 3), finished_at=time.time())
-        if result.unreadable:
-            fields["state"] = "rejected"
-        else:
-            fields["state"] = "queued"
-        if result.damage:  # the copy first: once the report is final, the copy is there to look at
-            self._quarantine(path, report_id, result, handle)
-        merged = self.store.finish_report(report_id, result.batches, **fields)
-        if result.unreadable:
-            self.events.emit("warning", f"{path.name}: rejected: {result.damage}; set aside in {self.quarantine}",
-                             file=path.name, id=report_id, state="rejected")
-            return
-        with self._lock:
-            self.inflight[report_id] = (path.name, started, path)
-            while len(self.inflight) > INFLIGHT_LIMIT:  # oldest first: its merge still happens, unlogged here
-                dropped = self.inflight.pop(next(iter(self.inflight)))
-                self.events.emit("warning", f"{dropped[0]}: no longer followed until merged ({INFLIGHT_LIMIT} files "
-                                            f"are waiting); its report still tells its state", file=dropped[0])
-        if merged:
-            self.check_inflight()
-
     def check_inflight(self) -> None:
-        """Once all of a file's users are merged: one log line with the figures only the merge knows, and
-        the --after-merge policy applied."""
+        """Once all of a file's users are merged (the server logs that line), the --after-merge policy."""
         waiting = list(self.inflight.items())
         if not waiting:
             return
@@ -389,26 +384,13 @@ class Watcher:
                 self.inflight.pop(report_id, None)
                 continue
             if report.get("state") != "merged" or self.inflight.pop(report_id, None) is None:
-                continue  # not yet, or another thread has just logged it
-            seconds = round(time.time() - started, 3)
-            self.store.update_report(report_id, seconds=seconds, merged_at=time.time())
-            level, text, fields = merged_line(name, report, seconds)
-            self.events.emit(level, text, **fields)
+                continue  # not yet, or another thread has just handled it
             self._dispose(path, report)
 
-    def _quarantine(self, path: Path, report_id: str, result: SendResult, handle) -> None:
-        try:
-            set_aside(self.quarantine, path, report_id, result.damage, result.accepted, handle=handle)
-        except OSError as error:
-            self.events.emit("error", f"{path.name}: cannot copy to quarantine: {error.strerror}")
-
     def _dispose(self, path: Path, report: dict) -> None:
-        own = str(path) == report.get("path")  # not a copy of the file under another name
-        if own and report.get("disposed"):
-            return
+        # Only the file that still holds the merged content is moved or deleted (aftermerge.dispose checks).
         try:
-            if dispose(self.after_merge, self.folder, path, report) and own:
-                self.store.update_report(report["id"], disposed=self.after_merge)
+            dispose(self.after_merge, self.folder, path, report)
         except (redis.RedisError, OSError) as error:
             self.events.emit("error", f"{path.name}: after-merge {self.after_merge} failed: {error}")
 

@@ -3,10 +3,12 @@ range it covers; the server refuses what breaks it, and never deduplicates a bat
 
 from __future__ import annotations
 
+import uuid
+
 import grpc
 import orjson
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from core.server import BadBatch, Ranges
@@ -121,3 +123,51 @@ def test_ranges_refuse_exactly_the_overlaps(spans):
                 empties.add(start)
     assert all(a < b for a, b in zip(ranges.ends, ranges.starts[1:])), "disjoint, sorted, merged when touching"
     assert sum(e - s for s, e in zip(ranges.starts, ranges.ends)) == len(taken)
+
+
+def _union(spans) -> list[tuple[int, int]]:
+    merged: list[list[int]] = []
+    for start, end in sorted((s, s + c) for s, c in spans if c):
+        if merged and start <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append([start, end])
+    return [tuple(m) for m in merged]
+
+
+def test_a_range_covered_by_the_union_of_merged_ranges_is_skipped_whatever_the_batch_size(connection, namespace):
+    """A resume with another batch size: 0:100 and 100:100 were merged, 0:200 and 50:100 are not merged again,
+    100:150 (partly merged) is merged whole, and changes nothing but the duplicate count."""
+    from core.store import Store
+
+    store = Store(connection, namespace)
+    users = make_users(250, "cover")
+    attempt = store.begin_attempt(FILE_ID, state="streaming")
+    for start in (0, 100):
+        store.merge_batch(FILE_ID, attempt, f"{start}:100", store.reserve_seq(100), users[start:start + 100], "email")
+    assert store.applied_ranges(FILE_ID) == [(0, 200)]
+    for span, part in (("0:200", users[:200]), ("50:100", users[50:150])):
+        assert store.merge_batch(FILE_ID, attempt, span, store.reserve_seq(len(part)), part, "email")["already_merged"]
+    partly = store.merge_batch(FILE_ID, attempt, "100:150", store.reserve_seq(150), users[100:], "email")
+    assert (partly["already_merged"], partly["new"], partly["duplicate"]) == (False, 50, 100)
+    assert store.applied_ranges(FILE_ID) == [(0, 250)] and store.count() == 250
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.lists(st.tuples(st.integers(0, 60), st.integers(0, 12)), max_size=12),
+       st.tuples(st.integers(0, 60), st.integers(1, 30)))
+def test_merged_ranges_keep_their_union_and_skip_exactly_what_it_covers(connection, namespace, spans, query):
+    from core.store import Store
+
+    store = Store(connection, namespace)
+    report = uuid.uuid4().hex
+    attempt = store.begin_attempt(report, state="streaming")
+    for start, count in spans:
+        store.merge_batch(report, attempt, f"{start}:{count}", store.reserve_seq(1), [], "email")
+    union = _union(spans)
+    assert store.applied_ranges(report) == union
+    start, count = query
+    covered = any(a <= start and start + count <= b for a, b in union) or (start, count) in spans
+    result = store.merge_batch(report, attempt, f"{start}:{count}", store.reserve_seq(1), [], "email")
+    assert result["already_merged"] == covered
+    store.forget_report(report)

@@ -106,17 +106,17 @@ def test_a_swap_after_the_check_cannot_read_outside_the_folder(runtime_factory, 
     (drop / "swapped.json").write_bytes(inside)
     secret = tmp_path / "secret.json"
     write_users(secret, make_users(5, "secret"))
-    real_fingerprint = core.watcher.fingerprint
+    real_read = core.watcher.Source.read  # the watcher's one read of the file: fingerprint, parse, copy
     swapped = threading.Event()
 
-    def swap_then_fingerprint(source):
+    def swap_then_read(handle):
         if not swapped.is_set():
             swapped.set()
             (drop / "swap.tmp").symlink_to(secret)
             os.replace(drop / "swap.tmp", drop / "swapped.json")
-        return real_fingerprint(source)
+        return real_read(handle)
 
-    monkeypatch.setattr(core.watcher, "fingerprint", swap_then_fingerprint)
+    monkeypatch.setattr(core.watcher.Source, "read", staticmethod(swap_then_read))
     runtime = runtime_factory(watch=False)
     runtime.run_once()
     assert swapped.is_set() and (drop / "swapped.json").is_symlink()

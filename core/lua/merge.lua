@@ -5,7 +5,11 @@
 -- and the array is JSON (which never holds a raw TAB), so the first TAB is the only separator.
 --
 -- A batch is identified inside its file by its record range ("first:count", see protobufs/users.proto).
--- A range already applied (a retried job, a file resumed after a crash) is not applied again. Completion
+-- A range already applied (a retried job, a file resumed after a crash) is not applied again, nor is one
+-- covered by the union of the ranges applied (a resume that uses another batch size): KEYS[13] keeps that
+-- union as disjoint intervals "start:end" scored by start, joined as they touch, so a file merged in order
+-- holds one. A range only partly covered is applied whole: its users are merged again, and latest-wins
+-- merging makes that change nothing but the duplicate count. Completion
 -- is counted per ingest attempt, once per range, so a file is "merged" exactly when every batch of the
 -- current attempt has been through a worker, whatever was retried or left over from an earlier attempt.
 --
@@ -15,7 +19,8 @@
 -- KEYS: 1 version counter, 2 file report hash, 3 applied-ranges set of the file, 4 inbox list,
 --       5 counted-ranges set of this attempt, 6 the batch's staged users (deleted once applied, in the
 --       same step), 7 user count, 8 dictionary epoch, 9 unreadable inbox items, 10 staged-batch index
---       (zset), 11 staged batch -> job id (hash), 12 Prometheus counters (hash, core/lua/counters.lua)
+--       (zset), 11 staged batch -> job id (hash), 12 Prometheus counters (hash, core/lua/counters.lua),
+--       13 union of the applied ranges of the file (zset, see above; optional for older callers)
 -- ARGV: 1 mode ("batch", "drain" or "load"), 2 range or drain size, 3 attempt, 4 dictionary epoch the
 --       values use ("" when none), 5 bucket key prefix, then bucket, key, value triples
 -- Returns {new, updated, duplicate, taken or skipped}, or {-1} when the dictionary epoch moved on.
@@ -94,13 +99,44 @@ else
   end
 end
 
+-- The batch's range as numbers, when it is "first:count" with count > 0 and exact in a double (below
+-- 2^53: every real file); other spans (an ad-hoc stream's, an empty range) go by their exact text only.
+local cover = KEYS[13]
+local span_start, span_end
+do
+  local a, n = string.match(ARGV[2] or '', '^(%d+):(%d+)$')
+  a, n = tonumber(a), tonumber(n)
+  if cover and mode == 'batch' and a and n and n > 0 and a + n < 9007199254740992 then
+    span_start, span_end = a, a + n
+  end
+end
+local function interval(member)
+  local a, b = string.match(member, '^(%d+):(%d+)$')
+  return tonumber(a), tonumber(b)
+end
+-- Whether the union of applied ranges covers the batch's range: the interval starting at or before it.
+local function covered()
+  if not span_start then
+    return false
+  end
+  local before = redis.call('ZREVRANGEBYSCORE', cover, span_start, '-inf', 'LIMIT', 0, 1)
+  if #before == 0 then
+    return false
+  end
+  local a, b = interval(before[1])
+  return a ~= nil and a <= span_start and b >= span_end
+end
+
 local skipped = 0
 if mode == 'batch' then
   expect(applied, 'set')
   expect(KEYS[5], 'set')
   expect(KEYS[10], 'zset')
   expect(KEYS[11], 'hash')
-  if redis.call('SISMEMBER', applied, ARGV[2]) == 1 then
+  if cover then
+    expect(cover, 'zset')
+  end
+  if redis.call('SISMEMBER', applied, ARGV[2]) == 1 or covered() then
     skipped = 1
     users = {}
   end
@@ -178,6 +214,24 @@ if mode == 'drain' and taken > 0 then
 end
 if mode == 'batch' then
   redis.call('SADD', applied, ARGV[2])
+  if span_start and skipped == 0 then
+    -- join the range to the intervals it touches: the one that starts at or before it, the ones inside it
+    local s, e = span_start, span_end
+    local before = redis.call('ZREVRANGEBYSCORE', cover, s, '-inf', 'LIMIT', 0, 1)
+    if #before > 0 then
+      local a, b = interval(before[1])
+      if a and b >= s then
+        s, e = a, math.max(e, b)
+        redis.call('ZREM', cover, before[1])
+      end
+    end
+    for _, member in ipairs(redis.call('ZRANGEBYSCORE', cover, s, e)) do
+      local _, b = interval(member)
+      e = math.max(e, b or e)
+      redis.call('ZREM', cover, member)
+    end
+    redis.call('ZADD', cover, s, string.format('%d:%d', s, e))
+  end
   redis.call('DEL', KEYS[6])
   redis.call('ZREM', KEYS[10], KEYS[6])
   redis.call('HDEL', KEYS[11], KEYS[6])
