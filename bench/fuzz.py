@@ -38,7 +38,7 @@ from benchredis import cleanup, open_redis  # noqa: E402
 
 from core.codec import BUCKETS  # noqa: E402
 from core.config import USER_FIELDS  # noqa: E402
-from core.records import RecordError, merge_key, normalise  # noqa: E402
+from core.records import merge_key, normalise  # noqa: E402
 from core.server import BadBatch, Ranges  # noqa: E402
 from core.store import Store  # noqa: E402
 

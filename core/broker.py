@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import re
 import secrets
 import shutil
 import signal
@@ -175,7 +174,6 @@ class Broker:
 
     def _launch(self) -> redis.Redis:
         """Start redis-server on the config written by _start_embedded and wait until it answers."""
-        folder = self.data_dir / "redis"
         # Its own session: a ctrl+c or a terminal hang-up reaches the console only, which stops Redis last.
         # The parent-death signal (core.children) stops it cleanly (AOF synced) if the console is killed.
         self.process = spawn([self._binary, str(self._config)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,

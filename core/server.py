@@ -27,6 +27,7 @@ from core import security
 from core.admission import DEFAULT_IDLE_TIMEOUT, MAX_BATCH_USERS, RESERVED_THREADS, Admission
 from core.backpressure import StagedBytes
 from core.ledger import RAW_CHUNK_BYTES, Ledger, SourceStream
+from core.config import join_address, parse_address
 from core.records import RecordError, normalise
 from core.store import Store
 from core.taskqueue import enqueue_batch, enqueue_drain
@@ -201,11 +202,10 @@ class UsersService(users_pb2_grpc.UsersServicer):
         self.intake = intake
         self.calls_done = 0
         self.open_streams = 0
-        self.users_accepted = 0
         self._lock = threading.Lock()
 
     @contextlib.contextmanager
-    def _call(self, context, stream: bool, tally: "Tally"):
+    def _call(self, context, stream: bool):
         """Counts the call for the status panel, and turns a lost store into UNAVAILABLE, not a traceback.
         The answer comes only at the end, so a failed call was never told any of its users were accepted."""
         with self._lock:
@@ -218,11 +218,10 @@ class UsersService(users_pb2_grpc.UsersServicer):
         finally:
             with self._lock:
                 self.open_streams -= stream
-                self.users_accepted += tally.accepted
 
     def SendUserInfo(self, request, context):
         tally = Tally()
-        with self._call(context, False, tally):
+        with self._call(context, False):
             try:
                 user = normalise(user_from_pb(request))
             except RecordError as error:
@@ -236,7 +235,7 @@ class UsersService(users_pb2_grpc.UsersServicer):
         tally, report_id = Tally(), "adhoc-" + uuid.uuid4().hex
         pending: list[dict] = []
         record = first = 0
-        with self._call(context, True, tally):
+        with self._call(context, True):
             attempt = self.intake.store.attempt(report_id)
             for request in request_iterator:
                 pending.extend(self.intake.validate([user_from_pb(request)], record, tally))
@@ -266,7 +265,7 @@ class UsersService(users_pb2_grpc.UsersServicer):
         ledger = self.intake.ledger
         source: SourceStream | None = None
         try:
-            with self._call(context, True, tally):
+            with self._call(context, True):
                 for batch in request_iterator:
                     if source is not None and source.trailer is not None:
                         self._after_trailer(batch, source, tally, context)
@@ -441,8 +440,7 @@ class GrpcServer:
 
     @property
     def address(self) -> str:
-        host = self.listen.rpartition(":")[0]
-        return f"{host}:{self.port}"
+        return join_address(parse_address(self.listen)[0], self.port)
 
     def start(self) -> None:
         self.service.intake.ledger.start()

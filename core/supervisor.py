@@ -23,7 +23,7 @@ from rq.worker import Worker
 
 from core.children import spawn
 from core.handback import hand_back, rescue_stranded
-from core.taskqueue import JSONSerializer, SafeJob
+from core.taskqueue import JSONSerializer
 from core.worker_process import URL_VARIABLE
 
 RESTART_BACKOFF = (0.5, 1, 2, 5, 10)

@@ -25,7 +25,6 @@ INFLIGHT_LIMIT.
 
 from __future__ import annotations
 
-import os
 import queue
 import threading
 import time
