@@ -5,6 +5,12 @@ A clean stop is the runtime's job; this module covers the ends where the console
 a crash of the interpreter): each child asks the kernel for a parent-death signal (Linux
 prctl(PR_SET_PDEATHSIG)), so it gets SIGTERM, its own clean shutdown, the moment we die.
 
+No Python runs in the child between fork and exec (a preexec_fn there, in a process full of gRPC and
+Redis threads, crashed a child with a segmentation fault now and then): the signal is armed by
+util-linux's `setpriv --pdeathsig SIG -- COMMAND` when the machine has it, and otherwise by our own Python
+children themselves as they start (`arm_from_environment`, called by core.worker_process); a redis-server
+started without setpriv is then stopped by the next start instead (core.broker).
+
 The kernel sends that signal when the *thread* that forked the child exits, not the process. Children
 are started from all kinds of short-lived threads (the TUI's boot worker, restart timers), so every fork
 happens on one long-lived thread of this module that lives as long as the process: only the death of
@@ -15,8 +21,10 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import os
 import queue
+import shutil
 import signal
 import subprocess
 import sys
@@ -33,17 +41,34 @@ if sys.platform.startswith("linux"):
         _libc = None
 
 
-def _die_with(parent: int, signum: int):
-    """preexec_fn: runs in the child between fork and exec (only async-signal-safe calls here)."""
+# Our own Python children read this to arm themselves when setpriv is missing: "<signal>:<parent pid>".
+DEATH_SIGNAL_VARIABLE = "SWORDSEC_DEATH_SIGNAL"
 
-    def arm() -> None:
-        if _libc is not None:
-            _libc.prctl(PR_SET_PDEATHSIG, signum, 0, 0, 0)
-        # The parent may have died between fork and prctl: then no signal would ever come.
-        if os.getppid() != parent:
-            os._exit(1)
 
-    return arm
+@functools.cache
+def _setpriv() -> str | None:
+    """util-linux's setpriv, when it knows --pdeathsig (2.33 and later)."""
+    found = shutil.which("setpriv")
+    if found is None:
+        return None
+    try:
+        usage = subprocess.run([found, "--help"], capture_output=True, text=True, timeout=5).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return found if "--pdeathsig" in usage else None
+
+
+def arm_from_environment() -> None:
+    """In a child we started without setpriv: ask for the parent-death signal now, and leave at once if the
+    parent already died (between our fork and this call no signal could have been armed)."""
+    value = os.environ.pop(DEATH_SIGNAL_VARIABLE, "")
+    signum, _, parent = value.partition(":")
+    if not (signum.isdigit() and parent.isdigit()):
+        return
+    if _libc is not None:
+        _libc.prctl(PR_SET_PDEATHSIG, int(signum), 0, 0, 0)
+    if os.getppid() != int(parent):
+        os._exit(1)
 
 
 class _Spawner:
@@ -88,5 +113,11 @@ def spawn(args: list[str], *, death_signal: int = signal.SIGTERM, **popen_kwargs
     """
     if not popen_kwargs.get("start_new_session"):
         popen_kwargs.setdefault("process_group", 0)
-    popen_kwargs["preexec_fn"] = _die_with(os.getpid(), death_signal)
+    setpriv = _setpriv()
+    if setpriv is not None:
+        args = [setpriv, f"--pdeathsig={signal.Signals(death_signal).name}", "--", *args]
+    else:
+        env = dict(popen_kwargs.get("env") or os.environ)
+        env[DEATH_SIGNAL_VARIABLE] = f"{int(death_signal)}:{os.getpid()}"
+        popen_kwargs["env"] = env
     return _SPAWNER.submit(list(args), popen_kwargs)

@@ -19,6 +19,7 @@ import time
 
 import redis
 
+from core.children import arm_from_environment
 from core.handback import hand_back, rescue_stranded
 from core.taskqueue import make_worker
 
@@ -85,6 +86,7 @@ def _wait_for_redis(connection: redis.Redis, probe_key: str, name: str, stopping
 
 
 def main(argv: list[str]) -> int:
+    arm_from_environment()  # the parent-death signal, where setpriv did not arm it (core.children)
     queue_name = argv[0]
     name = argv[1] if len(argv) > 1 else None
     mode = argv[2] if len(argv) > 2 else "inline"
