@@ -94,8 +94,15 @@ class Supervisor:
         if self._thread:
             self._thread.join(timeout=5)
         with self._lock:
+            # A worker stopped by a signal is killed, not asked: a SIGTERM it takes on resuming may land on a
+            # thread that is not RQ's main loop, which then waits out its dequeue (~15 s) before it leaves.
+            # Frozen, it was doing nothing it could finish; its job is handed back below.
+            frozen = [w for w in self.workers if w.alive and process_state(w.pid) in ("T", "t")]
             for worker in self.workers:
-                self._terminate(worker)
+                if worker in frozen:
+                    worker.process.kill()
+                else:
+                    self._terminate(worker)
             deadline = time.monotonic() + grace
             for worker in self.workers:
                 try:
@@ -104,6 +111,8 @@ class Supervisor:
                     worker.process.kill()
                     worker.process.wait()
             self.workers.clear()
+        for worker in frozen:
+            self._recover(worker.name, quiet=True)
 
     # -- commands ------------------------------------------------------------------------------------
     def scale(self, desired: int) -> None:
