@@ -10,10 +10,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import redis
-from rq.registry import (CanceledJobRegistry, DeferredJobRegistry, FailedJobRegistry, FinishedJobRegistry,
-                         ScheduledJobRegistry, StartedJobRegistry)
+from rq.registry import (
+    CanceledJobRegistry,
+    DeferredJobRegistry,
+    FailedJobRegistry,
+    FinishedJobRegistry,
+    ScheduledJobRegistry,
+    StartedJobRegistry,
+)
 
-from core.broker import Broker
+from core.storage.broker import Broker
 
 DEFAULT_URL = "redis://127.0.0.1:6379"
 REGISTRIES = (FinishedJobRegistry, FailedJobRegistry, StartedJobRegistry, DeferredJobRegistry,

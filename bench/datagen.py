@@ -30,7 +30,7 @@ AGENTS = (
 )
 
 # The challenge files hold 489 distinct agents in 9,000 users; a pool of 2,000 variants keeps the store's
-# string dictionary (core/codec.py) from looking better here than on real data.
+# string dictionary (core/storage/codec.py) from looking better here than on real data.
 AGENT_POOL = tuple(
     agent.replace("5.0", f"5.{n % 10}", 1) + f" Build/{n:04d}" for n in range(400) for agent in AGENTS
 )

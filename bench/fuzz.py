@@ -12,7 +12,7 @@ Sections (each prints its counts; the exit code is 1 when anything was found):
   damaged   garbage values planted in the user buckets: the export must skip exactly those and keep the rest.
   identity  random batch range sequences through the server's range check, against a brute-force model.
   reader    generated files (whole, truncated at a random byte, bytes flipped, JSON Lines) through
-            core.ingest.SourceReader: it must never raise, and from a truncated file keep a prefix of the records.
+            core.intake.ingest.SourceReader: it must never raise, and from a truncated file keep a prefix of the records.
 
 It works in its own namespace and deletes every key it made.
 """
@@ -34,13 +34,13 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchredis import cleanup, open_redis  # noqa: E402
-
-from core.codec import BUCKETS  # noqa: E402
 from core.config import USER_FIELDS  # noqa: E402
 from core.records import merge_key, normalise  # noqa: E402
-from core.server import BadBatch, Ranges  # noqa: E402
-from core.store import Store  # noqa: E402
+from core.service.server import BadBatch, Ranges  # noqa: E402
+from core.storage.codec import BUCKETS  # noqa: E402
+from core.storage.store import Store  # noqa: E402
+
+from benchredis import cleanup, open_redis  # noqa: E402
 
 NASTY = "\t\n\r\x00\x1f\x7f\u2028\u2029\"\\'/{}[],: \u00a0\ufeff😀🇹🇷ß İ"
 
@@ -165,7 +165,7 @@ def identity_section(sequences: int, rng: random.Random) -> dict:
 
 def reader_section(files: int, rng: random.Random, scratch: Path) -> dict:
     try:
-        from core.ingest import SourceReader
+        from core.intake.ingest import SourceReader
     except ImportError as error:
         return {"ran": 0, "found": Counter(), "skipped": str(error)}
     found = Counter()

@@ -1,4 +1,4 @@
-"""Fuzz the reader (core.ingest.SourceReader): generated and mutated inputs, each checked against the rules.
+"""Fuzz the reader (core.intake.ingest.SourceReader): generated and mutated inputs, each checked against the rules.
 
     python bench/fuzz_reader.py [--count 100000] [--seed 1]
 
@@ -24,7 +24,7 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import core.ingest  # noqa: E402
+import core.intake.ingest  # noqa: E402
 from core.records import MAX_DEPTH, RecordError, nesting_exceeds  # noqa: E402
 
 ALPHABET = 'ab"\\[]{}/:,\n\t\u2028\u00e9\U0001F600 \x00'
@@ -102,7 +102,7 @@ def main() -> None:
     rng = random.Random(args.seed)
     folder = Path(tempfile.mkdtemp(prefix="fuzz-reader-"))
     ran, broken, outcomes = Counter(), [], Counter()
-    whole = core.ingest.WHOLE_FILE_BYTES
+    whole = core.intake.ingest.WHOLE_FILE_BYTES
     started = time.monotonic()
 
     for n in range(args.count):
@@ -133,15 +133,15 @@ def main() -> None:
         ran[label] += 1
         path = folder / f"input{suffix}"
         path.write_bytes(data)
-        core.ingest.WHOLE_FILE_BYTES = 0 if streamed else whole
+        core.intake.ingest.WHOLE_FILE_BYTES = 0 if streamed else whole
         try:
-            reader = core.ingest.SourceReader(path)
+            reader = core.intake.ingest.SourceReader(path)
             records = [record for _, record in reader]
         except Exception as error:  # the one thing that must never happen
             broken.append(f"{label}: raised {type(error).__name__}: {error} on {data[:80]!r}")
             continue
         finally:
-            core.ingest.WHOLE_FILE_BYTES = whole
+            core.intake.ingest.WHOLE_FILE_BYTES = whole
         damage = reader.damage
         outcomes["damaged" if damage else "sound"] += 1
         if damage is not None and (not isinstance(damage, str) or "\n" in damage or not damage):

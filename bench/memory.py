@@ -23,9 +23,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import datagen
 import machine
 from rss import TreeSampler
+
+import datagen
 
 LIMIT_MB = 300
 

@@ -31,8 +31,9 @@ from pathlib import Path
 BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR.parent))
 
-import datagen  # noqa: E402
 import machine  # noqa: E402
+
+import datagen  # noqa: E402
 from benchredis import cleanup  # noqa: E402
 
 
@@ -85,10 +86,11 @@ def percentile(values: list[float], fraction: float) -> float:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from core.broker import Broker
+    import redis
+
     from core.config import Settings
     from core.runtime import Runtime
-    import redis
+    from core.storage.broker import Broker
 
     scratch = Path(tempfile.mkdtemp(prefix="swordsec-ping-"))
     broker = None

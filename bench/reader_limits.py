@@ -1,4 +1,4 @@
-"""Hostile files through the reader (core.ingest.SourceReader): seconds and peak RSS of each, one process per case.
+"""Hostile files through the reader (core.intake.ingest.SourceReader): seconds and peak RSS of each, one process per case.
 
     python bench/reader_limits.py [--module path/to/ingest.py] [--cases deep,string,tail,users] [--users 300000]
 
@@ -32,14 +32,16 @@ def make(case: str, folder: Path, users: int) -> Path:
         path.write_bytes(b'[{"id": 1, "email": "a@b.c", "agent": "' + b"a" * (40 * 1024 * 1024) + b'"}]')
     elif case == "tail":
         sys.path.insert(0, str(ROOT))
-        from bench.datagen import users as generate
         import orjson
+
+        from bench.datagen import users as generate
 
         body = b",\n".join(orjson.dumps(u) for u in generate(100))
         path.write_bytes(b"[" + body + b",\n" + b"[" * 300 + b"]" * 300 + b"]")
     elif case == "users":
         sys.path.insert(0, str(ROOT))
-        from bench.datagen import users as generate, write_array
+        from bench.datagen import users as generate
+        from bench.datagen import write_array
 
         write_array(path, generate(users))
     return path
@@ -75,7 +77,7 @@ def run_one(module: str, path: str, no_cap: bool = False) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--module", default=str(ROOT / "core" / "ingest.py"))
+    parser.add_argument("--module", default=str(ROOT / "core" / "intake" / "ingest.py"))
     parser.add_argument("--cases", default="deep,string,tail,users")
     parser.add_argument("--users", type=int, default=300_000)
     parser.add_argument("--folder", type=Path, default=Path(tempfile.gettempdir()) / "reader-limits")

@@ -7,8 +7,9 @@ from concurrent import futures
 import grpc
 from rq import Queue
 
-import seed_jobs
 from protobufs import users_pb2, users_pb2_grpc
+
+import seed_jobs
 
 FIELDS = tuple(f.name for f in users_pb2.UserRequest.DESCRIPTOR.fields)
 

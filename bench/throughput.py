@@ -26,16 +26,17 @@ import uuid
 from pathlib import Path
 
 import grpc
+import machine
 import orjson
+import seed_server
 from rq import Queue, Worker
 from rq.registry import FailedJobRegistry, FinishedJobRegistry
 
-import datagen
-import machine
-import seed_jobs
-import seed_server
-from benchredis import BenchRedis, cleanup, open_redis
 from protobufs import users_pb2, users_pb2_grpc
+
+import datagen
+import seed_jobs
+from benchredis import BenchRedis, cleanup, open_redis
 
 BENCH_DIR = Path(__file__).resolve().parent
 TARGET_RATIO = 400

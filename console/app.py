@@ -1,5 +1,5 @@
 """The Textual app: a thin view over core.runtime. It starts the runtime off the event loop, polls
-core.status in a thread, routes snapshots to the dashboard, and runs operator commands in threads.
+core.ops.status in a thread, routes snapshots to the dashboard, and runs operator commands in threads.
 """
 
 from __future__ import annotations
@@ -99,7 +99,7 @@ class SwordsecApp(App[int]):
 
     # -- commands ---------------------------------------------------------------------------------------
     def run_command(self, function, *args, confirm: str | None = None, action: str = "Do it") -> None:
-        """Run a core.control command in a thread, after a confirmation when `confirm` is given."""
+        """Run a core.ops.control command in a thread, after a confirmation when `confirm` is given."""
         if not self.ready.is_set():
             self.notify("still starting…", severity="warning")
             return

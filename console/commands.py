@@ -41,7 +41,7 @@ def send(args: argparse.Namespace) -> int:
 
     import grpc
 
-    from core.client import UsersClient
+    from core.intake.client import UsersClient
 
     code = EXIT_OK
     with UsersClient(args.server, tls_ca=args.tls_ca, token=args.token, server_name=args.tls_server_name) as client:
@@ -102,7 +102,7 @@ def health(args: argparse.Namespace) -> int:
     """Ask a running server's gRPC health service whether it is serving (for healthchecks and scripts)."""
     import grpc
 
-    from core.client import UsersClient
+    from core.intake.client import UsersClient
 
     with UsersClient(args.server, tls_ca=args.tls_ca, token=args.token, server_name=args.tls_server_name) as client:
         try:
@@ -167,9 +167,9 @@ def _settings(args: argparse.Namespace, *names: str) -> Settings:
 
 def worker(args: argparse.Namespace) -> int:
     """Run RQ workers only, for machines that share the console's Redis."""
-    from core.broker import connect, redact
-    from core.events import EventLog
-    from core.supervisor import Supervisor
+    from core.ops.events import EventLog
+    from core.queue.supervisor import Supervisor
+    from core.storage.broker import connect, redact
 
     settings = _settings(args, "redis_url", "workers", "namespace", "worker_mode", "log_format")
     if not settings.redis_url:
@@ -210,7 +210,7 @@ def add_replay(parser: argparse.ArgumentParser) -> None:
 
 def replay(args: argparse.Namespace) -> int:
     """Put a fixed quarantined file back into the watched folder, where it is ingested again."""
-    from core.quarantine import replay_file
+    from core.intake.quarantine import replay_file
 
     settings = _settings(args, "data_dir", "watch")
     try:

@@ -6,7 +6,7 @@ from textual.message import Message
 
 
 class StatusUpdated(Message):
-    """A fresh core.status snapshot; only the newest one matters, so a queued older one is replaced."""
+    """A fresh core.ops.status snapshot; only the newest one matters, so a queued older one is replaced."""
 
     def __init__(self, snapshot) -> None:
         super().__init__()

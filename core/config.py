@@ -48,7 +48,7 @@ class Settings:
     max_concurrent_calls: int = 64
     # SIGTERM waits this long for accepted users to be merged and all_users.json written before exiting 0.
     stop_grace: float = 30.0
-    # Limits meant for outside callers (core.admission, core.backpressure); see docs/DEPLOY.md.
+    # Limits meant for outside callers (core.service.admission, core.service.backpressure); see docs/DEPLOY.md.
     idle_timeout: float = 60.0
     max_batch_users: int = 1_000
     max_staged_bytes: int = 256 * 1024 * 1024

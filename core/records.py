@@ -15,7 +15,7 @@ USER_FIELD_SET = frozenset(USER_FIELDS)
 # One user is a few hundred characters; anything far larger is garbage that would bloat a batch message.
 MAX_RECORD_BYTES = 64 * 1024
 # orjson encodes at most 254 nested arrays/objects (one more raises "Recursion limit reached") and a batch wraps
-# its records in one more array, so a record may nest one level less. One limit for the reader (core/ingest.py
+# its records in one more array, so a record may nest one level less. One limit for the reader (core/intake/ingest.py
 # refuses deeper records, so every record it yields encodes), the client's batch encoder and the server (which
 # can test a decoded record with nesting_exceeds). The record object itself is level 1.
 ENCODER_MAX_DEPTH = 254

@@ -14,24 +14,23 @@ from pathlib import Path
 
 from rq import Worker
 
-from core import privacy
-from core.broker import Broker
-from core.client import UsersClient
 from core.config import Settings
-from core.dropfiles import PATTERNS
-from core.events import EventLog
-from core.calllog import CallLog
-from core.exporter import Exporter
-from core.failures import FailureLog
-from core.redis_guard import RedisGuard
-from core.security import exposure, server_name
-from core.server import GrpcServer, Intake
-from core.status import History
-from core.store import Store
-from core.supervisor import Supervisor
-from core.taskqueue import JSONSerializer, SafeJob, make_queue
-from core.watcher import DONE_STATES, Watcher
-
+from core.intake.client import UsersClient
+from core.intake.dropfiles import PATTERNS
+from core.intake.watcher import DONE_STATES, Watcher
+from core.ops.events import EventLog
+from core.ops.status import History
+from core.queue.failures import FailureLog
+from core.queue.supervisor import Supervisor
+from core.queue.taskqueue import JSONSerializer, SafeJob, make_queue
+from core.service.calllog import CallLog
+from core.service.security import exposure, server_name
+from core.service.server import GrpcServer, Intake
+from core.storage import privacy
+from core.storage.broker import Broker
+from core.storage.exporter import Exporter
+from core.storage.redis_guard import RedisGuard
+from core.storage.store import Store
 
 NO_WORKER_GRACE = 30.0
 # The gRPC server's own grace for calls in flight at stop (a held-back stream is cancelled, not waited on).
@@ -51,7 +50,7 @@ def _usable_folder(path: Path, what: str) -> None:
 
 
 def _size(connection, key: str) -> int:
-    """Items in a key of whatever type holds it (the unary inbox's layout belongs to core.store)."""
+    """Items in a key of whatever type holds it (the unary inbox's layout belongs to core.storage.store)."""
     kind = connection.type(key)
     kind = kind.decode() if isinstance(kind, bytes) else kind
     sizes = {"list": connection.llen, "hash": connection.hlen, "zset": connection.zcard, "set": connection.scard,
@@ -184,7 +183,7 @@ class Runtime:
                 self.watcher.start()
                 self.emit("info", f"watching {s.watch} for {', '.join('*' + p for p in PATTERNS)}")
         if s.metrics_listen:
-            from core.metrics import MetricsServer, PipelineCollector
+            from core.ops.metrics import MetricsServer, PipelineCollector
 
             collector = PipelineCollector(self.store, self.queue, self.supervisor)
             self.metrics = MetricsServer(collector, s.metrics_listen, s.tls_cert, s.tls_key).start()
@@ -354,8 +353,8 @@ class Runtime:
 
     # -- for the console -------------------------------------------------------------------------------
     def snapshot(self):
-        """One consistent picture of the whole system (core.status); safe to call from any thread."""
-        from core.status import Sources, collect
+        """One consistent picture of the whole system (core.ops.status); safe to call from any thread."""
+        from core.ops.status import Sources, collect
 
         return collect(Sources(settings=self.settings, broker=self.broker, events=self.events, history=self._history,
                                store=self.store, queue=self.queue, supervisor=self.supervisor, server=self.server,
@@ -363,9 +362,9 @@ class Runtime:
 
     @property
     def control(self):
-        """Operator commands (core.control) over the parts running now: scale workers, requeue or delete jobs,
+        """Operator commands (core.ops.control) over the parts running now: scale workers, requeue or delete jobs,
         pause the watcher..."""
-        from core.control import Control
+        from core.ops.control import Control
 
         return Control(emit=self.emit, data_dir=self.settings.data_dir, watch=self.settings.watch,
                        supervisor=self.supervisor, queue=self.queue, store=self.store, watcher=self.watcher)

@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from core.broker import Broker
 from core.config import Settings
 from core.runtime import Runtime
+from core.storage.broker import Broker
 
 ROOT = Path(__file__).resolve().parent.parent
 CHALLENGE = ROOT / "tests" / "data" / "challenge"  # copied from the project's public challenge data

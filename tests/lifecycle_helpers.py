@@ -80,7 +80,7 @@ def wait_children(pid: int, redis: bool, workers: int, timeout: float = 30.0) ->
         kids = children_of(pid)
         lines = [" ".join(k.cmdline()) for k in kids if living(k)]
         have_redis = any("redis-server" in line for line in lines)
-        have_workers = sum("core.worker_process" in line for line in lines)
+        have_workers = sum("core.queue.worker_process" in line for line in lines)
         if have_redis == redis and have_workers >= workers:
             return kids
         if time.monotonic() > deadline:

@@ -15,7 +15,7 @@ import orjson
 import pytest
 import redis
 
-from core.store import Store
+from core.storage.store import Store
 from tests.conftest import CHALLENGE, copy_challenge, make_users, wait_for
 
 PROGRAM = [sys.executable, "-m", "console.cli"]
@@ -122,7 +122,7 @@ def test_sigkill_of_the_whole_console_mid_file_then_restart_loses_and_duplicates
         store = Store(client, "swordsec")
         wait_for(lambda: 10_000 < store.count() < 90_000, timeout=120, message="the file to be part-way merged")
 
-        workers = children(console.pid, b"core.worker_process")
+        workers = children(console.pid, b"core.queue.worker_process")
         assert workers
     finally:
         os.kill(console.pid, signal.SIGKILL)  # the console alone, mid-stream: its workers must notice
@@ -271,7 +271,7 @@ def test_worker_count_defaults_like_the_main_commands_workers(embedded_broker, n
     number of CPUs (it used to be 1 whatever the machine)."""
     from rq import Worker
 
-    from core.taskqueue import JSONSerializer, make_queue
+    from core.queue.taskqueue import JSONSerializer, make_queue
 
     worker = subprocess.Popen([*PROGRAM, "worker", "--redis-url", embedded_broker.url, "--namespace", namespace],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=clean_env(**env))

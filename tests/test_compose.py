@@ -285,10 +285,10 @@ def test_base_image_is_pinned_and_build_settings_stay_out_of_the_runtime_stage()
 
 
 def test_lock_pins_every_runtime_dependency_and_nothing_for_development():
+    import tomllib
+
     from packaging.requirements import Requirement
     from packaging.utils import canonicalize_name
-
-    import tomllib
 
     pins = lock()
     declared = [Requirement(r) for r in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]]

@@ -14,11 +14,12 @@ from pathlib import Path
 import pytest
 import redis
 
-from conftest import make_users, wait_for
 from core.config import Settings
-from core.jobs import FAILPOINT
+from core.queue.jobs import FAILPOINT
+from core.queue.supervisor import FROZEN_HANDBACK
 from core.runtime import Runtime
-from core.supervisor import FROZEN_HANDBACK
+
+from conftest import make_users, wait_for
 from lifecycle_helpers import assert_nothing_left, program, start_headless, wait_children, wait_line
 
 pytestmark = pytest.mark.slow
@@ -268,7 +269,7 @@ def test_a_full_disk_is_one_clear_line_no_restart_loop_and_recovers_by_itself(tm
         time.sleep(4)  # attempts go on meanwhile; the lines must not
         lines = [e.text for e in runtime.events.recent(2000) if e.level == "error"]
         # One line per thing that cannot write, not one per attempt. (The watcher's own "ingest failed, will
-        # retry" lines are core/watcher.py's, bounded by issue 9 item 4.)
+        # retry" lines are core/intake/watcher.py's, bounded by issue 9 item 4.)
         assert len([t for t in lines if "cannot write" in t and data in t]) == 1, lines
         assert len([t for t in lines if t.startswith("redis:") and "refuses writes" in t and data in t]) == 1, lines
         assert not runtime.supervisor.dead, "no worker restart loop"

@@ -18,10 +18,19 @@ import psutil
 import pytest
 import redis
 
+from core.queue.jobs import FAILPOINT
+
 from conftest import wait_for
-from core.jobs import FAILPOINT
-from lifecycle_helpers import (assert_nothing_left, by_command_line, children_of, living, program, start_headless,
-                               wait_children, wait_line)
+from lifecycle_helpers import (
+    assert_nothing_left,
+    by_command_line,
+    children_of,
+    living,
+    program,
+    start_headless,
+    wait_children,
+    wait_line,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -142,7 +151,7 @@ def test_a_hand_started_worker_command_leaves_nothing(tmp_path, namespace, own_r
 
 @pytest.fixture
 def own_redis_url(tmp_path):
-    from core.broker import Broker
+    from core.storage.broker import Broker
 
     broker = Broker(None, tmp_path / "own-redis")
     broker.start()
@@ -163,7 +172,7 @@ def test_nothing_is_left_when_the_console_dies_during_start(tmp_path, namespace)
 
 @pytest.mark.parametrize("mode", ["inline", "fork"])
 def test_sigkill_while_a_job_runs_leaves_nothing(tmp_path, namespace, mode):
-    """A batch held mid-merge (core.jobs failpoint) when the console dies: the worker, and a fork-mode
+    """A batch held mid-merge (core.queue.jobs failpoint) when the console dies: the worker, and a fork-mode
     work-horse with it, leave within the deadline even though their job never finishes."""
     gate = tmp_path / "gate"
     gate.write_text("")

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import orjson
 
-from core.codec import bucket_of
-from core.store import Store
+from core.storage.codec import bucket_of
+from core.storage.store import Store
 from tests.conftest import CHALLENGE, copy_challenge
 
 COMPLETE_USERS = 9977  # ten files of 1,000; 6.json is cut inside its record 978
@@ -194,9 +194,9 @@ def test_a_staged_batch_is_deleted_by_its_merge_and_a_retry_changes_nothing(conn
 
 def test_a_record_too_large_for_any_message_is_rejected_and_its_batch_still_goes(runtime_factory, tmp_path,
                                                                                monkeypatch):
-    import core.client
+    import core.intake.client
 
-    monkeypatch.setattr(core.client, "MAX_BATCH_BYTES", 4000)  # stands in for the 8 MiB budget
+    monkeypatch.setattr(core.intake.client, "MAX_BATCH_BYTES", 4000)  # stands in for the 8 MiB budget
     drop = tmp_path / "drop"
     drop.mkdir()
     users = [{"id": i, "email": f"z{i}@x.org"} for i in range(20)]

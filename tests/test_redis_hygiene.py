@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import redis
 
-from core.taskqueue import make_queue
+from core.queue.taskqueue import make_queue
 from tests.conftest import Footprint
 
 
@@ -15,7 +15,7 @@ def test_footprint_removes_new_keys_and_set_members_but_keeps_what_was_there(red
     client.sadd(shared, "old")
     try:
         footprint = Footprint(client)
-        make_queue(client, namespace).enqueue("core.jobs.drain_inbox", namespace)  # rq:queues gains a member
+        make_queue(client, namespace).enqueue("core.queue.jobs.drain_inbox", namespace)  # rq:queues gains a member
         client.sadd(shared, "new")
         client.set(f"{namespace}:after", "gone")
         keys, members = footprint.leftovers()

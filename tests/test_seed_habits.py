@@ -17,7 +17,7 @@ import pytest
 from grpc_tools import protoc
 
 from tests.conftest import copy_challenge, wait_for
-from tests.test_protobufs import SEED_PROTO
+from tests.service.test_protobufs import SEED_PROTO
 
 SEED_PORT = 23333
 

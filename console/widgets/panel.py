@@ -9,7 +9,7 @@ from console.keys import Key, bindings
 
 
 class Panel(Vertical):
-    """A dashboard panel. Subclasses draw a core.status snapshot in `show()` and own their keys: a subclass
+    """A dashboard panel. Subclasses draw a core.ops.status snapshot in `show()` and own their keys: a subclass
     declares `KEYS` (console.keys) and derives `BINDINGS = bindings(KEYS)`; the help and the palette read KEYS."""
 
     ALLOW_MAXIMIZE = True

@@ -7,7 +7,7 @@ from textual.widgets import Sparkline, Static
 
 from console.format import duration, number
 from console.widgets.panel import Panel
-from core.status import REGISTRIES
+from core.ops.status import REGISTRIES
 
 COLOURS = {"queued": "yellow", "started": "cyan", "finished": "green", "failed": "red"}
 

@@ -1,13 +1,13 @@
 """A fixed system for snapshot tests: the live dashboard has clocks, pids and rates that never repeat,
-so these screens are drawn from one hand-made core.snapshot Snapshot and a tiny in-memory store."""
+so these screens are drawn from one hand-made core.ops.snapshot Snapshot and a tiny in-memory store."""
 
 from __future__ import annotations
 
 import orjson
 
-from core.doctor import Problem
-from core.events import Event
-from core.snapshot import FailedJob, GrpcInfo, RedisInfo, Snapshot, WatcherInfo, WorkerInfo
+from core.ops.doctor import Problem
+from core.ops.events import Event
+from core.ops.snapshot import FailedJob, GrpcInfo, RedisInfo, Snapshot, WatcherInfo, WorkerInfo
 
 NOW = 1_800_000_000.0
 FIRST = ["Andrus", "Ingar", "Amalee", "Bette", "Cyril", "Dora", "Egon", "Fenna"]
@@ -48,7 +48,7 @@ SNAPSHOT = Snapshot(
     export={"path": "/srv/swordsec/data/all_users.json", "count": 1977, "version": 7, "written_at": NOW - 3},
     output_path="/srv/swordsec/data/all_users.json",
     failed=(FailedJob("broken-1", "merge 0 users of 9.json",
-                      "Traceback (most recent call last):\n  File \"core/jobs.py\", line 29, in merge_batch\n"
+                      "Traceback (most recent call last):\n  File \"core/queue/jobs.py\", line 29, in merge_batch\n"
                       "KeyError: 'namespace'\n", NOW - 60),),
     problems=(Problem("warning", "1 worker(s) died recently",
                       "the supervisor restarts them and requeues their jobs; see the event log"),

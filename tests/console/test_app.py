@@ -10,12 +10,13 @@ import psutil
 import pytest
 from textual.widgets import Button, DataTable
 
-from conftest import copy_challenge
 from console.app import make_app
 from console.screens.confirm import ConfirmScreen
 from console.screens.dashboard import DashboardScreen
 from console.screens.report import FileReportScreen, TracebackScreen
 from core.runtime import Runtime
+
+from conftest import copy_challenge
 
 SIZE = (120, 40)
 
@@ -79,7 +80,7 @@ async def test_failed_job_is_requeued_and_deleted_from_the_ui(runtime_factory):
     runtime = runtime_factory(watch=False)
     app = make_app(runtime, start_runtime=False, refresh=0.2)
     async with app.run_test(size=SIZE) as pilot:
-        runtime.queue.enqueue("core.jobs.merge_batch", {"nonsense": True}, job_id="broken-1")
+        runtime.queue.enqueue("core.queue.jobs.merge_batch", {"nonsense": True}, job_id="broken-1")
         await until(pilot, lambda: "broken-1" in table_rows(app, "panel-6"), message="the failed job listed")
         first_failure = app.snapshot.failed[0].ended_at
         await pilot.press("6", "enter")

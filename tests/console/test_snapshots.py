@@ -1,5 +1,5 @@
 """Snapshot tests of stable screens. The live dashboard's clocks, pids and rates never repeat, so these
-are drawn from a fixed, hand-made core.snapshot Snapshot (tests/console/fake.py) fed through the same
+are drawn from a fixed, hand-made core.ops.snapshot Snapshot (tests/console/fake.py) fed through the same
 app, message path and widgets as the real thing; the Pilot tests cover the live runtime."""
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ import time
 import pytest
 
 from console.app import make_app
+
 from fake import FakeRuntime
 
 

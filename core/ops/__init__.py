@@ -1,0 +1,1 @@
+"""Operations: what the operator sees and does: status snapshots, the doctor, control, metrics, events."""

@@ -1,0 +1,1 @@
+"""Queue: RQ jobs, the worker processes that run them, and their supervision."""

@@ -1,0 +1,115 @@
+"""Keeps all_users.json in step with the store: soon after merges stop, and at a bounded rate meanwhile.
+
+The thread never dies quietly: any failure is one error line and the next round tries again. A stored
+value that cannot be decoded is left out of the file (every other user is still written), counted in
+the export record (the doctor and /metrics show it) and logged once per process.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import redis
+
+from core.storage.staging import STAGED_GRACE, sweep_staged
+from core.storage.store import Store
+
+SETTLE = 0.2
+SWEEP_INTERVAL = STAGED_GRACE / 2
+LOGGED_BAD = 1000  # undecodable keys remembered as already logged (bounded)
+
+
+class Exporter:
+    def __init__(self, store: Store, path: Path, interval: float, on_event=None):
+        self.store = store
+        self.path = Path(path)
+        self.interval = interval
+        self.on_event = on_event or (lambda level, text: None)
+        self.last: dict = {}
+        self.last_seconds = 0.0
+        self.error = ""  # why the last write failed, for the doctor; "" once a write succeeds
+        self._written_version = -1
+        self._logged_bad: set[str] = set()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="exporter", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout=30)
+
+    def write(self) -> dict:
+        """Export now (when changed, or when the file is missing) and return what was written."""
+        with self._lock:
+            version = self.store.version()
+            if version == self._written_version and self.path.exists():
+                return self.last
+            started = time.monotonic()
+            self.last = self.store.export(self.path)
+            self.last_seconds = time.monotonic() - started
+            self._written_version = self.last["version"]
+            self._tell_bad(self.last)
+            return self.last
+
+    def _tell_bad(self, info: dict) -> None:
+        fresh = [b for b in info.get("bad", []) if b["key"] not in self._logged_bad]
+        if not fresh:
+            return
+        if len(self._logged_bad) + len(fresh) > LOGGED_BAD:
+            self._logged_bad.clear()
+        self._logged_bad.update(b["key"] for b in fresh)
+        first = fresh[0]
+        self.on_event("error", f"{info['undecodable']} stored user value(s) cannot be decoded and are left out of "
+                               f"{self.path.name} (first: merge key {first['key']!r}: {first['reason']}); "
+                               f"every other user is written")
+
+    def _run(self) -> None:
+        failing = ""
+        while not self._stop.is_set():
+            try:
+                self._loop()
+            except Exception as error:  # a bug or a surprise: one line per kind of failure, then go on
+                text = f"exporter: {type(error).__name__}: {error}"
+                if text != failing:
+                    self.on_event("error", text)
+                failing = text
+                self._stop.wait(1.0)
+
+    def _loop(self) -> None:
+        seen, changed_at, written_at, swept_at = -1, 0.0, 0.0, 0.0
+        while not self._stop.wait(0.1):
+            try:
+                version = self.store.version()
+            except redis.RedisError:
+                continue
+            now = time.monotonic()
+            if now - swept_at >= SWEEP_INTERVAL:
+                swept_at = now
+                if swept := sweep_staged(self.store):
+                    self.on_event("info", f"deleted {swept} staged batch(es) whose job is gone")
+            if version != seen:
+                seen, changed_at = version, now
+            if version == self._written_version:
+                continue
+            # Writing 100k users takes a while: never spend more than a quarter of the time exporting.
+            due = max(self.interval, 4 * self.last_seconds)
+            if now - changed_at >= SETTLE or now - written_at >= due:
+                try:
+                    self.write()
+                    written_at = time.monotonic()
+                    if self.error:  # one line per change of state, not one per attempt
+                        self.on_event("info", f"{self.path} written again")
+                        self.error = ""
+                except (OSError, redis.RedisError) as error:
+                    reason = f"cannot write {self.path}: {getattr(error, 'strerror', None) or error}"
+                    if reason != self.error:
+                        self.on_event("error", reason)
+                        self.error = reason
+                    self._stop.wait(1.0)

@@ -1,0 +1,489 @@
+"""The store of record: users in Redis, bucketed and compact (core/storage/codec.py), and the all_users.json view of it.
+
+Key layout (all under the namespace, default "swordsec"):
+  users:<n>     hash  bucket n of BUCKETS: merge key -> "<seq>\t<JSON array>" (latest seq wins)
+  users:count   int   how many users the buckets hold
+  dict          hash  repeated string -> index; dict:list the strings by index; dict:epoch its token
+  version       int   bumped whenever a merge changes a user
+  seq           int   ingest sequence counter
+  inbox         list  unary users waiting for a drain job, each a msgpack array (push_unary.lua);
+                      inbox:pending is set while one is queued; inbox:unreadable holds items no drain
+                      could parse (none are ever written by this release)
+  batch:<uuid>  str   a batch's users staged for its merge job, deleted by the merge that applies them;
+                      staged (zset: blob -> staged at) and staged:jobs (hash: blob -> job id) let a
+                      sweep delete the blobs whose job is gone (core/storage/staging.py)
+  merge-key     str   the user field this store merges by; another one is refused (MergeKeyMismatch)
+  file:<id>     hash  one file's report (id: a 32-hex content fingerprint, or one the server made); file:<id>:done holds the record ranges already merged,
+                      file:<id>:cover their union as disjoint intervals (zset "start:end" by start, merge.lua),
+                      file:<id>:seen:<attempt> the ranges the current ingest attempt has counted.
+                      Only the gRPC server writes a file's report (core/service/ledger.py); the watcher reads it
+  files         zset  file id -> last update time (the ledger index, newest first)
+  export        hash  what the last all_users.json write held
+  counters      hash  Prometheus counters (core/storage/lua/counters.lua, core/ops/metrics.py): monotonic, every process adds
+
+all_users.json lists the users bucket by bucket, by merge key inside a bucket: the same users always
+give the same bytes, and an export never holds more than a few buckets in memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tempfile
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import orjson
+import redis
+
+from core.config import ConfigError
+from core.records import merge_key
+from core.storage.codec import BUCKETS, Codec, Dictionary, StaleDictionary, bucket_of, lua
+
+EXPORT_USERS = 5000  # users fetched per round trip while exporting, about; memory stays flat at any size
+DRAIN_FLAG_TTL = 60
+STALE = -1  # what merge.lua and push_unary.lua answer for values encoded against a cleared dictionary
+# Fingerprints, adhoc-<hex>, refused-<plain file name>: used as they are (":" separates key parts).
+SAFE_REPORT_ID = re.compile(r"[0-9A-Za-z_][0-9A-Za-z._-]{0,199}")
+MAX_BAD_SAMPLES = 20  # undecodable values named in the export record
+
+
+class MergeKeyMismatch(ConfigError):
+    """The store was built with another merge key; merging by this one would duplicate users."""
+
+
+class Store:
+    def __init__(self, connection: redis.Redis, namespace: str = "swordsec"):
+        self.redis = connection
+        self.ns = namespace
+        self._merge = connection.register_script(lua("merge.lua", with_counters=True))
+        self._push_unary = connection.register_script(lua("push_unary.lua"))
+        self._finish_file = connection.register_script(lua("finish_file.lua", with_counters=True))
+        self._walk = connection.register_script(lua("walk.lua"))
+        self.codec = Codec(Dictionary(connection, namespace))
+        self.bucket_prefix = self.key("users") + ":"
+        self.counters_key = self.key("counters")
+
+    def key(self, *parts: str) -> str:
+        return ":".join((self.ns, *parts))
+
+    def report_key(self, report_id: str, *parts: str) -> str:
+        """The key of a file report (or of its range sets). An id we did not make ourselves (a file name
+        in "refused-<name>", say) never reaches a key as text: "x:done" must not name another report's set."""
+        if not SAFE_REPORT_ID.fullmatch(report_id):
+            report_id = "h-" + hashlib.blake2b(report_id.encode(errors="surrogatepass"), digest_size=16).hexdigest()
+        return self.key("file", report_id, *parts)
+
+    def _merge_keys(self, report_id: str, attempt: str = "", blob: str | None = None) -> list[str]:
+        return [
+            self.key("version"), self.report_key(report_id), self.report_key(report_id, "done"),
+            self.key("inbox"), self.report_key(report_id, "seen", attempt), blob or self.key("batch", "none"),
+            self.key("users", "count"), self.codec.dictionary.keys[2], self.key("inbox", "unreadable"),
+            self.key("staged"), self.key("staged", "jobs"), self.counters_key, self.report_key(report_id, "cover"),
+        ]
+
+    # -- writing users -------------------------------------------------------------------------------
+    def reserve_seq(self, count: int) -> int:
+        """Reserve `count` ingest sequence numbers; return the first."""
+        return int(self.redis.incrby(self.key("seq"), count)) - count + 1
+
+    def stage_batch(self, users: list[dict], progress: tuple[str, dict] | None = None) -> tuple[int, str]:
+        """Reserve ingest sequence numbers and park the users in Redis for a merge job, in one round trip.
+
+        The job then carries a reference, not the users: RQ compresses and keeps a job's data for as long
+        as its result lives, while a staged batch is deleted by the merge that applies it.
+        progress: (report id, fields) written to the file's report in the same round trip.
+        """
+        blob = self.key("batch", uuid.uuid4().hex)
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.incrby(self.key("seq"), max(1, len(users)))
+            pipe.set(blob, orjson.dumps(users))
+            pipe.zadd(self.key("staged"), {blob: time.time()})
+            self.count_records(accepted=len(users), client=pipe)
+            if progress is not None:
+                pipe.hset(self.report_key(progress[0]), mapping={k: _field(v) for k, v in progress[1].items()})
+            last, *_ = pipe.execute()
+        return int(last) - max(1, len(users)) + 1, blob
+
+    def applied_ranges(self, report_id: str) -> list[tuple[int, int]]:
+        """The union of a file's merged record ranges, as sorted disjoint [start, end) intervals."""
+        return self.report_and_ranges(report_id)[1]
+
+    def report_and_ranges(self, report_id: str) -> tuple[dict, list[tuple[int, int]]]:
+        """A file's report and the union of its merged ranges (applied_ranges), in one round trip."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(self.report_key(report_id))
+            pipe.zrange(self.report_key(report_id, "cover"), 0, -1)
+            raw, members = pipe.execute()
+        intervals = []
+        for member in members:
+            start, _, end = member.decode().partition(":")
+            if start.isdigit() and end.isdigit():
+                intervals.append((int(start), int(end)))
+        return _decode_report(report_id, raw), sorted(intervals)
+
+    def track_staged(self, blob: str, job_id: str) -> None:
+        """Remember which job carries a staged batch, so the blob goes when the job does (core/storage/staging.py)."""
+        self.redis.hset(self.key("staged", "jobs"), blob, job_id)
+
+    def staged_older_than(self, seconds: float, limit: int = 1000) -> list[tuple[str, str | None]]:
+        """Staged batches waiting longer than `seconds`, each with its job id (None: never enqueued)."""
+        blobs = self.redis.zrangebyscore(self.key("staged"), "-inf", time.time() - seconds, start=0, num=limit)
+        if not blobs:
+            return []
+        jobs = self.redis.hmget(self.key("staged", "jobs"), blobs)
+        return [(b.decode(), j.decode() if j is not None else None) for b, j in zip(blobs, jobs)]
+
+    def drop_staged(self, blobs: list[str]) -> None:
+        if blobs:
+            with self.redis.pipeline(transaction=True) as pipe:
+                pipe.delete(*blobs)
+                pipe.zrem(self.key("staged"), *blobs)
+                pipe.hdel(self.key("staged", "jobs"), *blobs)
+                pipe.execute()
+
+    def merge_staged(self, report_id: str, attempt: str, span: str, seq: int, blob: str, key_field: str) -> dict:
+        """Merge a staged batch; a retry after it was applied (and its users deleted) changes nothing."""
+        data = self.redis.get(blob)
+        if data is None and not self.redis.sismember(self.report_key(report_id, "done"), span):
+            raise RuntimeError(f"the users of batch {span} of {report_id} are missing from {blob}")
+        users = orjson.loads(data) if data is not None else []
+        return self.merge_batch(report_id, attempt, span, seq, users, key_field, blob=blob)
+
+    def merge_batch(self, report_id: str, attempt: str, span: str, seq: int, users: list[dict], key_field: str,
+                    blob: str | None = None) -> dict:
+        """Merge one batch; idempotent for a given (report_id, span). Returns new/updated/duplicate counts."""
+        new, updated, dup, skipped = self._apply(["batch", span, attempt], self._merge_keys(report_id, attempt, blob),
+                                                 users, key_field, [seq + i for i in range(len(users))])
+        return {"new": new, "updated": updated, "duplicate": dup, "already_merged": bool(skipped)}
+
+    def _apply(self, head: list, keys: list[str], users: list[dict], key_field: str, seqs: list[int]) -> list[int]:
+        """Run merge.lua on these users: [new, updated, duplicate, taken or skipped]."""
+        def attempt():
+            epoch, rows = self.codec.encode(users)
+            args: list = [*head, epoch, self.bucket_prefix]
+            for user, row, seq in zip(users, rows, seqs):
+                key = merge_key(user, key_field)
+                args += [bucket_of(key), key, b"%d\t%s" % (seq, row)]
+            result = self._merge(keys=keys, args=args)
+            return STALE if result[0] == STALE else result
+
+        return self._encoding(attempt)
+
+    def push_unary(self, user: dict, key_field: str) -> bool:
+        """Hand one user to the inbox; True when the caller must enqueue a drain job."""
+        key = merge_key(user, key_field)
+        keys = [self.key("inbox"), self.key("seq"), self.key("inbox", "pending"), self.codec.dictionary.keys[2],
+                self.counters_key]
+
+        def attempt():
+            epoch, (row,) = self.codec.encode([user])
+            return self._push_unary(keys=keys, args=[bucket_of(key), key, row, DRAIN_FLAG_TTL, epoch])
+
+        return bool(self._encoding(attempt))
+
+    def _encoding(self, attempt):
+        """Run a step that encodes users and hands them to a script, again with a fresh dictionary when the
+        script answers STALE (the namespace was cleared since this process cached its indexes)."""
+        for _ in range(3):
+            result = attempt()
+            if result != STALE:
+                return result
+            self.codec.dictionary.forget()
+        raise StaleDictionary("the string dictionary keeps being cleared")
+
+    def drain_inbox(self, limit: int = 1000) -> int:
+        """Merge up to `limit` inbox users atomically; returns how many were taken."""
+        self.redis.delete(self.key("inbox", "pending"))
+        return int(self._merge(keys=self._merge_keys("unary"), args=["drain", limit, "", "", self.bucket_prefix])[3])
+
+    def claim_merge_key(self, key_field: str) -> None:
+        """Record the merge key of a new store, or refuse one that differs from the recorded key.
+
+        Users merged by email and then by id would be kept twice, under two keys each. A store from
+        before the key was recorded adopts the key it is first started with.
+        """
+        self.redis.set(self.key("merge-key"), key_field, nx=True)
+        recorded = (self.redis.get(self.key("merge-key")) or b"").decode()
+        if recorded != key_field:
+            raise MergeKeyMismatch(
+                f"the store in Redis namespace {self.ns!r} merges users by {recorded!r}, not {key_field!r}: "
+                f"start with --merge-key {recorded}, or rebuild by {key_field!r} with a new --namespace "
+                f"(or after deleting the keys {self.ns}:*) and dropping the source files again")
+
+    def upgrade_layout(self, key_field: str) -> int:
+        """Check the merge key (claim_merge_key), then move users kept in the first layout (one big hash)
+        into the buckets; returns how many moved.
+
+        Safe to interrupt: the old keys go only at the end, and moving a user twice changes nothing.
+        """
+        self.claim_merge_key(key_field)
+        legacy, rev = self.key("users"), self.key("users", "rev")
+        if self.redis.type(legacy) != b"hash":
+            return 0
+        moved, cursor = 0, 0
+        while True:
+            cursor, chunk = self.redis.hscan(legacy, cursor, count=1000)
+            if chunk:
+                keys = list(chunk)
+                seqs = [int(s or 0) for s in self.redis.hmget(rev, keys)]
+                users = [orjson.loads(chunk[k]) for k in keys]
+                self._apply(["load", "", ""], self._merge_keys("layout-upgrade"), users, key_field, seqs)
+                moved += len(users)
+            if cursor == 0:
+                break
+        self.redis.delete(legacy, rev, self.key("users", "order"))
+        return moved
+
+    # -- file reports (the ledger) --------------------------------------------------------------------
+    def update_report(self, report_id: str, **fields) -> None:
+        mapping = {name: _field(value) for name, value in fields.items() if value is not None}
+        with self.redis.pipeline() as pipe:
+            pipe.hset(self.report_key(report_id), mapping=mapping)
+            pipe.zadd(self.key("files"), {report_id: time.time()})
+            self._count_outcome(pipe, fields)
+            pipe.execute()
+
+    def _count_outcome(self, client, fields: dict) -> None:
+        """Count a file set aside (rejected) or cut short (damage) once, when its report says so."""
+        if fields.get("state") == "rejected":
+            client.hincrby(self.counters_key, "files:rejected", 1)
+        if fields.get("damage"):
+            client.hincrby(self.counters_key, "files:damaged", 1)
+
+    def count_records(self, accepted: int = 0, rejected: int = 0, client=None) -> None:
+        """The records:accepted / records:rejected counters (validated by the server)."""
+        client = client or self.redis
+        if accepted:
+            client.hincrby(self.counters_key, "records:accepted", accepted)
+        if rejected:
+            client.hincrby(self.counters_key, "records:rejected", rejected)
+
+    def counters(self) -> dict[str, float]:
+        """Every Prometheus counter kept in Redis (core/storage/lua/counters.lua), by field."""
+        return {k.decode(): float(v) for k, v in self.redis.hgetall(self.counters_key).items()}
+
+    def begin_attempt(self, report_id: str, **fields) -> str:
+        """Start a new ingest attempt of a file: batches of earlier attempts no longer count towards it."""
+        attempt = uuid.uuid4().hex[:12]
+        report = self.report_key(report_id)
+        previous = self.redis.hget(report, "attempt")
+        mapping = {name: _field(value) for name, value in fields.items() if value is not None}
+        with self.redis.pipeline() as pipe:  # one transaction: no batch sees half a new attempt
+            if previous:
+                pipe.delete(self.report_key(report_id, "seen", previous.decode()))
+            pipe.hset(report, mapping={**mapping, "attempt": attempt, "batches_done": 0})
+            pipe.hdel(report, "batches_total")
+            pipe.zadd(self.key("files"), {report_id: time.time()})
+            pipe.execute()
+        return attempt
+
+    def attempt(self, report_id: str) -> str:
+        """The report's current attempt; a stream for a report nobody began starts one."""
+        report = self.report_key(report_id)
+        self.redis.hsetnx(report, "attempt", uuid.uuid4().hex[:12])
+        return self.redis.hget(report, "attempt").decode()
+
+    def finish_report(self, report_id: str, batches: int, attempt: str | None = None, **fields) -> bool:
+        """Record the batch count of a fully sent file; True when it is already merged.
+        attempt: the current attempt when the caller knows it (it began it), saving its look-up."""
+        args: list = [batches]
+        for name, value in fields.items():
+            if value is not None:
+                args += [name, _field(value)]
+        self.redis.zadd(self.key("files"), {report_id: time.time()})
+        attempt = attempt or self.attempt(report_id)
+        keys = [self.report_key(report_id), self.report_key(report_id, "seen", attempt), self.counters_key]
+        self._count_outcome(self.redis, fields)
+        return bool(self._finish_file(keys=keys, args=args))
+
+    def report(self, report_id: str) -> dict:
+        return _decode_report(report_id, self.redis.hgetall(self.report_key(report_id)))
+
+    def reports(self, limit: int = 500) -> list[dict]:
+        """The newest file reports first."""
+        ids = [i.decode() for i in self.redis.zrevrange(self.key("files"), 0, limit - 1)]
+        return [report for report in self.reports_for(ids) if len(report) > 1]
+
+    def reports_for(self, ids: list[str]) -> list[dict]:
+        """These reports, in one round trip (an unknown id gives just {"id": ...})."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            for report_id in ids:
+                pipe.hgetall(self.report_key(report_id))
+            rows = pipe.execute()
+        return [_decode_report(i, row) for i, row in zip(ids, rows)]
+
+    def forget_report(self, report_id: str) -> None:
+        attempt = self.redis.hget(self.report_key(report_id), "attempt")
+        self.redis.delete(self.report_key(report_id), self.report_key(report_id, "done"),
+                          self.report_key(report_id, "cover"),
+                          self.report_key(report_id, "seen", attempt.decode() if attempt else ""))
+        self.redis.zrem(self.key("files"), report_id)
+
+    # -- reading users --------------------------------------------------------------------------------
+    def count(self) -> int:
+        return int(self.redis.get(self.key("users", "count")) or 0)
+
+    def unreadable_inbox(self) -> int:
+        """Inbox items no drain could parse (set aside in inbox:unreadable, never merged)."""
+        return int(self.redis.llen(self.key("inbox", "unreadable")))
+
+    def version(self) -> int:
+        return int(self.redis.get(self.key("version")) or 0)
+
+    def iter_users(self, chunk: int = EXPORT_USERS, on_bad=None):
+        """Yield each user as JSON (bytes) in export order, about `chunk` users per round trip (flat memory).
+
+        A bucket is read whole in one step, and a user never changes bucket, so a merge landing during
+        the walk can neither repeat a user nor hide one that was there before it began. The next chunk
+        is fetched while this one is decoded: Redis's half of an export then overlaps ours.
+        A stored value that cannot be decoded is skipped and told to on_bad(merge key, reason).
+        A namespace cleared during the walk raises StaleDictionary: the new users' indexes must never
+        be read with the old strings, and the next export starts over.
+        """
+        dictionary = self.codec.dictionary
+        dictionary.sync()
+        epoch = dictionary.epoch
+        walk = [self.bucket_prefix, BUCKETS, 0, 0, chunk, dictionary.keys[2]]
+        with ThreadPoolExecutor(1, thread_name_prefix="export-fetch") as fetcher:
+            pending = fetcher.submit(self._walk, args=walk)
+            while pending is not None:
+                bucket, _, stored_epoch, *found = pending.result()
+                epoch = _same_epoch(epoch, stored_epoch.decode())
+                pending = (fetcher.submit(self._walk, args=[*walk[:2], bucket, *walk[3:]])
+                           if bucket < BUCKETS else None)
+                decoded = [self._decode_bucket(flat, on_bad) for flat in found]
+                _same_epoch(epoch, dictionary.epoch)
+                for users in decoded:
+                    for user in users:
+                        yield orjson.dumps(user)
+
+    def users_page(self, start: int, count: int) -> list[dict]:
+        """`count` users from position `start` of the export order (an undecodable value is left out)."""
+        self.codec.dictionary.sync()
+        _, skip, _, *found = self._walk(args=[self.bucket_prefix, BUCKETS, 0, start, count,
+                                              self.codec.dictionary.keys[2]])
+        users = [user for flat in found for user in self._decode_bucket(flat, lambda key, reason: None)]
+        return users[skip:skip + count]
+
+    def _decode_bucket(self, flat: list[bytes], on_bad=None) -> list[dict]:
+        """A bucket's HGETALL reply as users, by merge key."""
+        bucket = dict(zip(flat[::2], flat[1::2]))
+        keys = sorted(bucket)
+        report = None if on_bad is None else (lambda n, reason: on_bad(keys[n], reason))
+        return self.codec.decode([bucket[key] for key in keys], report)
+
+    def export(self, path: Path) -> dict:
+        """Write all_users.json atomically from the store; returns what was written.
+
+        Values that cannot be decoded are left out, counted ("undecodable") and named ("bad": the
+        first few merge keys with the reason), so one damaged value never stops the file.
+        """
+        version = self.version()
+        bad: list[dict] = []
+        skipped = 0
+
+        def on_bad(key: bytes, reason: str) -> None:
+            nonlocal skipped
+            skipped += 1
+            if len(bad) < MAX_BAD_SAMPLES:
+                bad.append({"key": key.decode(errors="replace"), "reason": reason})
+
+        count = write_json_array(path, self.iter_users(on_bad=on_bad))
+        info = {"path": str(path), "count": count, "version": version, "written_at": time.time(),
+                "undecodable": skipped}
+        self.redis.hset(self.key("export"), mapping={**{k: str(v) for k, v in info.items()},
+                                                     "bad": orjson.dumps(bad).decode()})
+        return {**info, "bad": bad}
+
+    def last_export(self) -> dict:
+        raw = {k.decode(): v.decode() for k, v in self.redis.hgetall(self.key("export")).items()}
+        if not raw:
+            return {}
+        return {"path": raw["path"], "count": int(raw["count"]), "version": int(raw["version"]),
+                "written_at": float(raw["written_at"]), "undecodable": int(raw.get("undecodable", 0)),
+                "bad": orjson.loads(raw.get("bad", "[]"))}
+
+    def clear(self) -> None:
+        """Delete every key of this namespace (tests, and an operator's explicit reset)."""
+        for batch in _chunks(self.redis.scan_iter(match=self.ns + ":*", count=1000), 500):
+            self.redis.delete(*batch)
+
+
+def _same_epoch(expected: str, found: str) -> str:
+    """The dictionary epoch an export goes on with; a change (but the first one made) means a reset."""
+    if expected and found != expected:
+        raise StaleDictionary("the namespace was cleared during the export; the next one starts over")
+    return found
+
+
+def write_json_array(path: Path, values) -> int:
+    """Write pre-encoded JSON values as one array, one per line: temp file, flush, fsync, os.replace."""
+    from core.storage.privacy import file_mode
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    count = 0
+    fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb", buffering=1 << 20) as out:
+            out.write(b"[")
+            for value in values:
+                out.write(b"\n" if count == 0 else b",\n")
+                out.write(value)
+                count += 1
+            out.write(b"\n]\n")
+            out.flush()
+            os.fsync(out.fileno())
+        # Personal data: owner only (0600) unless --group-readable (0640); mkstemp's 0600 is the floor.
+        os.chmod(tmp, file_mode())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return count
+
+
+INT_FIELDS = {"size", "read_bytes", "records", "accepted", "rejected", "new", "updated", "duplicate", "batches_total",
+              "batches_done", "sent"}
+FLOAT_FIELDS = {"started_at", "finished_at", "seconds", "updated_at"}
+
+
+def _field(value) -> str:
+    if isinstance(value, (list, dict)):
+        return orjson.dumps(value).decode()
+    return str(value)
+
+
+def _decode_report(report_id: str, raw: dict) -> dict:
+    report: dict = {"id": report_id}
+    for key, value in raw.items():
+        name, text = key.decode(), value.decode()
+        if name in INT_FIELDS:
+            report[name] = int(text)
+        elif name in FLOAT_FIELDS:
+            report[name] = float(text)
+        elif name == "reasons":
+            report[name] = orjson.loads(text)
+        else:
+            report[name] = text
+    return report
+
+
+def _chunks(iterable, size):
+    batch = []
+    for item in iterable:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch

@@ -1,0 +1,173 @@
+"""One contract for batch identity (protobufs/users.proto, UserBatch): a batch is its file_id and the record
+range it covers; the server refuses what breaks it, and never deduplicates a batch without a file_id."""
+
+from __future__ import annotations
+
+import uuid
+
+import grpc
+import orjson
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from core.service.server import BadBatch, Ranges
+from protobufs import users_pb2, users_pb2_grpc
+from tests.conftest import make_users, wait_for
+
+FILE_ID = "0123456789abcdef0123456789abcdef"
+
+
+@pytest.fixture
+def send(runtime_factory):
+    runtime = runtime_factory(watch=False)
+    channel = grpc.insecure_channel(f"127.0.0.1:{runtime.server.port}")
+    stub = users_pb2_grpc.UsersStub(channel)
+
+    def call(batches):
+        return stub.SendUserBatches(iter(batches), timeout=60)
+
+    call.runtime = runtime
+    yield call
+    channel.close()
+
+
+def batch(users, **fields):
+    return users_pb2.UserBatch(users_json=orjson.dumps(users), source="t.json", **fields)
+
+
+def test_batches_that_leave_first_record_at_zero_without_a_file_id_are_all_merged(send):
+    """The issue's case: three batches of 2 users, index 0, 1, 2, first_record 0 -> 6 users, report merged."""
+    users = make_users(6, "zero")
+    report = send([batch(users[i:i + 2], index=i // 2) for i in range(0, 6, 2)])
+    assert report.accepted == 6 and report.batches == 3
+    runtime = send.runtime
+    wait_for(lambda: runtime.store.count() == 6, message="six users merged")
+    adhoc = [r for r in runtime.store.reports() if r.get("name") == "send"][0]
+    wait_for(lambda: runtime.store.report(adhoc["id"]).get("state") == "merged", message="ad-hoc report merged")
+    assert runtime.store.report(adhoc["id"])["batches_done"] == 3
+
+
+def test_overlapping_ranges_of_one_file_are_invalid_argument(send):
+    users = make_users(6, "over")
+    with pytest.raises(grpc.RpcError) as refused:
+        send([batch(users[i:i + 2], index=i // 2, file_id=FILE_ID) for i in range(0, 6, 2)])
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "batch 1" in refused.value.details() and "overlaps" in refused.value.details()
+
+
+@pytest.mark.parametrize("file_id", [FILE_ID + ":done", FILE_ID.upper(), FILE_ID[:31], "../../etc", "a\tb"])
+def test_a_file_id_that_is_not_ours_is_invalid_argument(send, file_id):
+    with pytest.raises(grpc.RpcError) as refused:
+        send([batch(make_users(2, "id"), file_id=file_id)])
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "fingerprint" in refused.value.details()
+    assert send.runtime.store.report(file_id) == {"id": file_id}
+    assert not send.runtime.store.redis.exists(send.runtime.store.key("file", file_id))
+
+
+def test_a_record_count_below_the_records_held_is_invalid_argument(send):
+    with pytest.raises(grpc.RpcError) as refused:
+        send([batch(make_users(3, "short"), file_id=FILE_ID, record_count=2)])
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "record_count 2" in refused.value.details()
+
+
+def test_a_range_past_the_limit_is_invalid_argument(send):
+    with pytest.raises(grpc.RpcError) as refused:
+        send([batch(make_users(1, "far"), file_id=FILE_ID, first_record=2**64 - 1)])
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_a_resend_skips_ranges_already_merged_and_counts_rejected_records_in_the_range(send):
+    """Records 0-9 of a file: batch [0, 5) holds 4 users (the client dropped one), batch [5, 10) 5 users."""
+    store = send.runtime.store
+    users = make_users(9, "resend")
+    first = [batch(users[:4], file_id=FILE_ID, first_record=0, record_count=5),
+             batch(users[4:], file_id=FILE_ID, first_record=5, index=1)]
+    assert send(first).accepted == 9
+    store.finish_report(FILE_ID, 2, state="queued")
+    wait_for(lambda: store.report(FILE_ID)["state"] == "merged", message="first send merged")
+    assert store.count() == 9
+    assert sorted(m.decode() for m in store.redis.smembers(store.key("file", FILE_ID, "done"))) == ["0:5", "5:5"]
+    store.begin_attempt(FILE_ID, state="streaming")
+    changed = [dict(u, first_name="Changed") for u in users]
+    assert send([batch(changed[:4], file_id=FILE_ID, first_record=0, record_count=5),
+                 batch(changed[4:], file_id=FILE_ID, first_record=5)]).accepted == 9
+    store.finish_report(FILE_ID, 2, state="queued")
+    wait_for(lambda: store.report(FILE_ID)["state"] == "merged", message="resend counted")
+    report = store.report(FILE_ID)
+    assert report["state"] == "merged" and report["batches_done"] == 2
+    assert {u["first_name"] for u in store.users_page(0, 20)} == {f"First{i}" for i in range(9)}
+    assert report["updated"] == 0, "an applied range is the same records: not merged again"
+
+
+def test_a_batch_whose_users_json_is_not_an_array_is_invalid_argument(send):
+    with pytest.raises(grpc.RpcError) as refused:
+        send([users_pb2.UserBatch(users_json=b'{"email": "a@b.c"}')])
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "array" in refused.value.details()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 40), st.integers(0, 8)), max_size=30))
+def test_ranges_refuse_exactly_the_overlaps(spans):
+    ranges, taken, empties = Ranges(), set(), set()
+    for start, count in spans:
+        records = set(range(start, start + count))
+        clash = bool(records & taken) if count else start in empties
+        if clash:
+            with pytest.raises(BadBatch):
+                ranges.add(start, start + count)
+        else:
+            ranges.add(start, start + count)
+            taken |= records
+            if not count:
+                empties.add(start)
+    assert all(a < b for a, b in zip(ranges.ends, ranges.starts[1:])), "disjoint, sorted, merged when touching"
+    assert sum(e - s for s, e in zip(ranges.starts, ranges.ends)) == len(taken)
+
+
+def _union(spans) -> list[tuple[int, int]]:
+    merged: list[list[int]] = []
+    for start, end in sorted((s, s + c) for s, c in spans if c):
+        if merged and start <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append([start, end])
+    return [tuple(m) for m in merged]
+
+
+def test_a_range_covered_by_the_union_of_merged_ranges_is_skipped_whatever_the_batch_size(connection, namespace):
+    """A resume with another batch size: 0:100 and 100:100 were merged, 0:200 and 50:100 are not merged again,
+    100:150 (partly merged) is merged whole, and changes nothing but the duplicate count."""
+    from core.storage.store import Store
+
+    store = Store(connection, namespace)
+    users = make_users(250, "cover")
+    attempt = store.begin_attempt(FILE_ID, state="streaming")
+    for start in (0, 100):
+        store.merge_batch(FILE_ID, attempt, f"{start}:100", store.reserve_seq(100), users[start:start + 100], "email")
+    assert store.applied_ranges(FILE_ID) == [(0, 200)]
+    for span, part in (("0:200", users[:200]), ("50:100", users[50:150])):
+        assert store.merge_batch(FILE_ID, attempt, span, store.reserve_seq(len(part)), part, "email")["already_merged"]
+    partly = store.merge_batch(FILE_ID, attempt, "100:150", store.reserve_seq(150), users[100:], "email")
+    assert (partly["already_merged"], partly["new"], partly["duplicate"]) == (False, 50, 100)
+    assert store.applied_ranges(FILE_ID) == [(0, 250)] and store.count() == 250
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.lists(st.tuples(st.integers(0, 60), st.integers(0, 12)), max_size=12),
+       st.tuples(st.integers(0, 60), st.integers(1, 30)))
+def test_merged_ranges_keep_their_union_and_skip_exactly_what_it_covers(connection, namespace, spans, query):
+    from core.storage.store import Store
+
+    store = Store(connection, namespace)
+    report = uuid.uuid4().hex
+    attempt = store.begin_attempt(report, state="streaming")
+    for start, count in spans:
+        store.merge_batch(report, attempt, f"{start}:{count}", store.reserve_seq(1), [], "email")
+    union = _union(spans)
+    assert store.applied_ranges(report) == union
+    start, count = query
+    covered = any(a <= start and start + count <= b for a, b in union) or (start, count) in spans
+    result = store.merge_batch(report, attempt, f"{start}:{count}", store.reserve_seq(1), [], "email")
+    assert result["already_merged"] == covered
+    store.forget_report(report)

@@ -1,0 +1,145 @@
+"""The compact user layout (core/storage/codec.py): buckets, the string dictionary, paging, and the upgrade of old data."""
+
+from __future__ import annotations
+
+import orjson
+import redis
+
+from core.storage import codec
+from core.storage.store import Store
+from tests.conftest import make_users
+
+
+def merge(store: Store, report: str, users: list[dict]) -> dict:
+    attempt = store.begin_attempt(report, state="streaming")
+    return store.merge_batch(report, attempt, f"0:{len(users)}", store.reserve_seq(len(users)), users, "email")
+
+
+def exported(store: Store) -> list[dict]:
+    return [orjson.loads(raw) for raw in store.iter_users(chunk=1000)]
+
+
+def test_users_come_back_exactly_as_merged(connection, namespace):
+    store = Store(connection, namespace)
+    users = make_users(300, "rt")
+    users[5] |= {"agent": "", "country": "Türkiye ✓", "first_name": "tab\there"}
+    assert merge(store, "f", users)["new"] == 300
+    assert store.count() == 300
+    by_email = {u["email"]: u for u in exported(store)}
+    assert by_email == {u["email"]: u for u in users}
+    # the repeated strings are stored once, not in every user
+    assert connection.hlen(f"{namespace}:dict") == 5  # Male, Female, the agent, Turkey, Türkiye ✓
+    stored = connection.hget(f"{namespace}:users:{codec.bucket_of(users[0]['email'])}", users[0]["email"])
+    assert b"Mozilla" not in stored and b"Turkey" not in stored
+
+
+def test_strings_stay_literal_once_the_dictionary_is_full(connection, namespace, monkeypatch):
+    monkeypatch.setattr(codec, "DICTIONARY_CAP", 3)
+    store = Store(connection, namespace)
+    users = make_users(40, "cap")
+    for i, user in enumerate(users):
+        user["agent"] = f"agent {i}"
+    merge(store, "f", users)
+    assert connection.llen(f"{namespace}:dict:list") == 3
+    assert {u["email"]: u for u in exported(store)} == {u["email"]: u for u in users}
+
+
+def test_a_cleared_dictionary_is_never_read_with_old_indexes(connection, namespace):
+    """A process that cached indexes (a worker, the console) must not apply them to a new dictionary."""
+    writer, reader = Store(connection, namespace), Store(connection, namespace)
+    merge(writer, "a", make_users(10, "old"))
+    assert len(exported(reader)) == 10
+    reader.clear()
+    fresh = make_users(10, "new")
+    for user in fresh:
+        user |= {"gender": "Agender", "agent": "Other/2.0", "country": "Chile"}
+    merge(Store(connection, namespace), "b", fresh[:1])  # a new dictionary, built in another order
+    merge(writer, "c", fresh)  # the writer's cached indexes belong to the cleared dictionary
+    users = exported(reader)
+    assert {(u["gender"], u["agent"], u["country"]) for u in users} == {("Agender", "Other/2.0", "Chile")}
+    assert len(users) == 10
+
+
+def test_a_writer_whose_every_string_is_cached_still_notices_a_cleared_dictionary(connection, namespace):
+    writer = Store(connection, namespace)
+    merge(writer, "a", make_users(10, "first"))
+    writer.clear()
+    other = Store(connection, namespace)
+    tricky = make_users(1, "other")[0] | {"gender": "Turkey", "country": "Male"}  # new indexes, swapped
+    merge(other, "b", [tricky])
+    merge(writer, "c", make_users(10, "again"))  # every string cached: only merge.lua's epoch check saves it
+    writer.push_unary(make_users(1, "unary")[0], "email")
+    writer.drain_inbox()
+    users = {u["email"]: u for u in exported(Store(connection, namespace))}
+    expected = make_users(10, "again") + make_users(1, "unary") + [tricky]
+    assert users == {u["email"]: u for u in expected}
+
+
+def test_unary_users_are_encoded_the_same_way(connection, namespace):
+    store = Store(connection, namespace)
+    for user in make_users(5, "unary"):
+        store.push_unary(user, "email")
+    assert store.drain_inbox() == 5
+    assert {u["email"]: u for u in exported(store)} == {u["email"]: u for u in make_users(5, "unary")}
+
+
+def test_pages_walk_the_export_order(connection, namespace):
+    store = Store(connection, namespace)
+    merge(store, "f", make_users(95, "page"))
+    whole = [u["email"] for u in exported(store)]
+    paged = []
+    for start in range(0, 100, 7):
+        paged += [u["email"] for u in store.users_page(start, 7)]
+    assert paged == whole and len(whole) == 95
+    assert store.users_page(95, 7) == []
+
+
+def test_latest_wins_even_when_the_older_batch_lands_last(connection, namespace):
+    store = Store(connection, namespace)
+    attempt = store.begin_attempt("f", state="streaming")
+    old_seq, new_seq = store.reserve_seq(1), store.reserve_seq(1)
+    user = make_users(1, "late")[0]
+    store.merge_batch("f", attempt, "1:1", new_seq, [user | {"first_name": "Newer"}], "email")
+    result = store.merge_batch("f", attempt, "0:1", old_seq, [user | {"first_name": "Older"}], "email")
+    assert result["duplicate"] == 1
+    assert exported(store)[0]["first_name"] == "Newer"
+
+
+def test_users_of_the_first_layout_are_moved_on_start(connection, namespace):
+    """Data written by the first release (one big hash, a rev hash and an order zset) is upgraded, not lost."""
+    users = make_users(50, "legacy")
+    connection.hset(f"{namespace}:users", mapping={u["email"]: orjson.dumps(u) for u in users})
+    connection.hset(f"{namespace}:users:rev", mapping={u["email"]: i + 1 for i, u in enumerate(users)})
+    connection.zadd(f"{namespace}:users:order", {u["email"]: 0 for u in users})
+    store = Store(connection, namespace)
+    assert store.upgrade_layout("email") == 50
+    assert store.count() == 50
+    assert {u["email"]: u for u in exported(store)} == {u["email"]: u for u in users}
+    assert not connection.exists(f"{namespace}:users", f"{namespace}:users:rev", f"{namespace}:users:order")
+    assert store.upgrade_layout("email") == 0
+
+
+def test_the_embedded_redis_keeps_buckets_compact(embedded_broker, namespace):
+    """The memory figure of bench/memory.py rests on buckets staying listpacks in the embedded Redis."""
+    connection = redis.Redis.from_url(embedded_broker.url)
+    try:
+        store = Store(connection, namespace)
+        merge(store, "f", make_users(2000, "compact"))
+        buckets = {codec.bucket_of(u["email"]) for u in make_users(2000, "compact")}
+        encodings = {connection.object("encoding", f"{namespace}:users:{b}") for b in buckets}
+        assert encodings <= {b"listpack", b"ziplist"}
+    finally:
+        store.clear()
+        connection.close()
+
+
+def test_an_export_walk_stopped_early_leaves_no_fetch_thread(connection, namespace):
+    """The console's filter stops reading at its match cap: the prefetching thread must end with it."""
+    import threading
+
+    store = Store(connection, namespace)
+    merge(store, "f", make_users(60, "early"))
+    walk = store.iter_users(chunk=5)
+    assert len([next(walk) for _ in range(3)]) == 3
+    walk.close()
+    assert not [t for t in threading.enumerate() if t.name.startswith("export-fetch")]
