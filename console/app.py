@@ -38,6 +38,11 @@ class SwordsecApp(App[int]):
         self._booted = threading.Event()
         self._quitting = False
 
+    @property
+    def attached(self) -> bool:
+        """Attached to a pipeline started elsewhere (core.ops.attached): quitting leaves it running."""
+        return getattr(self.runtime, "attached", False)
+
     def on_mount(self) -> None:
         self.push_screen(DashboardScreen())
         self.boot()
@@ -157,6 +162,10 @@ class SwordsecApp(App[int]):
     # -- quitting ---------------------------------------------------------------------------------------
     async def action_quit(self) -> None:
         if self._quitting:
+            return
+        if self.attached:  # the pipeline runs elsewhere and goes on: nothing to ask
+            self._quitting = True
+            self.stop_runtime()
             return
         in_flight = self.snapshot.in_flight if self.snapshot is not None else 0
         if in_flight:

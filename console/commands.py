@@ -1,4 +1,4 @@
-"""The subcommands: `send`, `health`, `worker` and `replay`.
+"""The subcommands: `send`, `health`, `worker`, `replay` and `attach`.
 
 Each has an `add_<name>` that declares its options on the subparser `register` gives it, and a function of
 the same name that runs it with the parsed arguments; `console.cli.build_parser` builds the one tree.
@@ -20,7 +20,8 @@ from core.config import Settings
 def register(subparsers) -> None:
     """Declare every subcommand on the console's parser."""
     for name, declare, run in (("send", add_send, send), ("health", add_health, health),
-                               ("worker", add_worker, worker), ("replay", add_replay, replay)):
+                               ("worker", add_worker, worker), ("replay", add_replay, replay),
+                               ("attach", add_attach, attach)):
         summary = run.__doc__.strip().splitlines()[0]
         parser = subparsers.add_parser(name, help=summary, description=summary, epilog=_EPILOGS[name])
         declare(parser)
@@ -123,6 +124,10 @@ _EPILOGS = {
     "worker": f"Exit codes: {EXIT_OK} stopped by SIGTERM/SIGINT after current jobs; {EXIT_USAGE} bad usage; "
               f"{EXIT_FAILURE} Redis unreachable.",
     "replay": f"Exit codes: {EXIT_OK} moved back; {EXIT_USAGE} no such file in quarantine.",
+    "attach": f"Everything shown is read from the pipeline's Redis; scaling, restarting, pausing the watcher and "
+              f"replaying are requests its owner (the `--no-ui` or console process running it) carries out and "
+              f"answers. Quitting leaves the pipeline running. Exit codes: {EXIT_OK} quit; {EXIT_USAGE} bad usage; "
+              f"{EXIT_FAILURE} Redis unreachable.",
 }
 
 
@@ -220,3 +225,31 @@ def replay(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     print(f"replay: {args.name} moved to {target}; the console ingests it from there")
     return EXIT_OK
+
+
+def add_attach(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--redis-url", help="the pipeline's Redis (required)" + _env("redis_url"))
+    parser.add_argument("--namespace", help="the pipeline's namespace (default swordsec)" + _env("namespace"))
+    parser.add_argument("--refresh", type=float, default=1.0, metavar="SECONDS",
+                        help="seconds between refreshes (default 1)")
+
+
+def attach(args: argparse.Namespace) -> int:
+    """Open the console on a pipeline running elsewhere, from its Redis: watch it, and control it through its owner."""
+    from console.app import make_app
+    from core.ops.attached import AttachedRuntime
+
+    settings = _settings(args, "redis_url", "namespace")
+    if not settings.redis_url:
+        print("attach: give the pipeline's Redis with --redis-url or REDIS_URL", file=sys.stderr)
+        return EXIT_USAGE
+    if not args.refresh > 0:
+        print("attach: --refresh must be a positive number of seconds", file=sys.stderr)
+        return EXIT_USAGE
+    runtime = AttachedRuntime(settings).start()  # before the screen: a Redis that does not answer is one line
+    try:
+        app = make_app(runtime, refresh=args.refresh, start_runtime=False)
+        app.run()
+    finally:
+        runtime.stop()
+    return app.return_code or EXIT_OK

@@ -19,7 +19,9 @@ from core.intake.client import UsersClient
 from core.intake.dropfiles import PATTERNS
 from core.intake.watcher import DONE_STATES, Watcher
 from core.ops.events import EventLog
-from core.ops.status import History
+from core.ops.eventstream import EventPublisher
+from core.ops.owner import OwnerChannel, Presence
+from core.ops.status import History, Sources, local_presence
 from core.queue.failures import FailureLog
 from core.queue.supervisor import Supervisor
 from core.queue.taskqueue import JSONSerializer, SafeJob, make_queue
@@ -121,6 +123,8 @@ class Runtime:
         self._stopped: StopOutcome | None = None
         self._drain_abort = threading.Event()
         self._history = History()  # rates and trends, across this runtime's snapshots
+        self.publisher: EventPublisher | None = None
+        self.owner: OwnerChannel | None = None
 
     def emit(self, level: str, text: str) -> None:
         self.events.emit(level, text)
@@ -149,6 +153,8 @@ class Runtime:
         connection = self.broker.start()
         kind = "embedded" if self.broker.embedded else "external"
         self.emit("info", f"redis: {kind} at {self.broker.display_url}")
+        # Every event from here on also goes to Redis, for consoles attached from elsewhere (core.ops.eventstream).
+        self.publisher = EventPublisher(connection, s.namespace, self.events).start()
         self.guard = RedisGuard(self.broker, s.namespace, self.emit, self._on_fatal).start()
         self.store = Store(connection, s.namespace)
         if moved := self.store.upgrade_layout(s.merge_key):
@@ -192,6 +198,9 @@ class Runtime:
         for level, text in exposure(s, self.server.address if self.server else None,
                                     self.metrics.address if self.metrics else None):
             self.emit(level, text)
+        # Last: an attached console's request may reach any part started above.
+        self.owner = OwnerChannel(connection, s.namespace, describe=self.presence, control=lambda: self.control,
+                                  emit=self.emit).start()
         return self
 
     def _client_target(self) -> str:
@@ -223,6 +232,8 @@ class Runtime:
         self._drain_abort.set()
 
     def _stop(self, grace: float) -> StopOutcome:
+        if self.owner:
+            self.owner.stop()  # first: no request from an attached console is taken while the parts stop
         if self.metrics:
             self.metrics.stop()
         if self.watcher:
@@ -252,6 +263,8 @@ class Runtime:
                 exported = True
             except Exception as error:  # Redis already gone: the last periodic export stands
                 self.emit("error", f"final export failed: {error}")
+        if self.publisher:
+            self.publisher.stop()  # the stop's own lines reach attached consoles
         self.broker.stop()
         return StopOutcome(remaining=remaining, exported=exported, users=users)
 
@@ -354,11 +367,18 @@ class Runtime:
     # -- for the console -------------------------------------------------------------------------------
     def snapshot(self):
         """One consistent picture of the whole system (core.ops.status); safe to call from any thread."""
-        from core.ops.status import Sources, collect
+        from core.ops.status import collect
 
-        return collect(Sources(settings=self.settings, broker=self.broker, events=self.events, history=self._history,
-                               store=self.store, queue=self.queue, supervisor=self.supervisor, server=self.server,
-                               watcher=self.watcher, watching=self.watch, exporter=self.exporter, guard=self.guard))
+        return collect(self._sources())
+
+    def presence(self) -> Presence:
+        """What only this process sees (server, watcher, worker processes), for consoles attached elsewhere."""
+        return local_presence(self._sources())
+
+    def _sources(self) -> Sources:
+        return Sources(settings=self.settings, broker=self.broker, events=self.events, history=self._history,
+                       store=self.store, queue=self.queue, supervisor=self.supervisor, server=self.server,
+                       watcher=self.watcher, watching=self.watch, exporter=self.exporter, guard=self.guard)
 
     @property
     def control(self):

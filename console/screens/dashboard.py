@@ -34,6 +34,10 @@ class StatusLine(Static):
                 watcher = "watcher PAUSED" if snap.watcher.paused else "watching"
             text.append(f" · {number(snap.users)} users · {snap.alive_workers}/{snap.desired_workers} workers · "
                         f"backlog {number(snap.backlog)} · {watcher}")
+            if (pipeline := snap.pipeline) is not None:
+                text.append(f" · attached to {pipeline.namespace} on {pipeline.host} (pid {pipeline.pid})"
+                            if pipeline.alive else f" · attached to {pipeline.namespace}: NO PIPELINE RUNS IT",
+                            "cyan" if pipeline.alive else "bold red")
         else:
             text.append(" · starting…")
         self.update(text)

@@ -33,6 +33,12 @@ def diagnose(snap, settings) -> list[Problem]:
     if export_error := snap.export.get("error"):
         problems.append(Problem("error", export_error, "free space on that disk (or fix its permissions); "
                                                        "all_users.json is written again by itself"))
+    pipeline = snap.pipeline
+    if pipeline is not None and not pipeline.alive:
+        problems.append(Problem("error", f"no pipeline runs namespace {pipeline.namespace!r}: its owner has not "
+                                         f"spoken in Redis for 5 s (stopped, or never started)",
+                                "start it (`swordsec-console --no-ui` or the console, same Redis and namespace); "
+                                "until then scaling, pausing and replaying cannot be carried out"))
     watcher = snap.watcher
     if watcher is not None and not watcher.folder_ok:
         problems.append(Problem("error", f"watched folder {watcher.folder} is {watcher.folder_error}",

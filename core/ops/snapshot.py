@@ -59,6 +59,16 @@ class FailedJob:
 
 
 @dataclass(frozen=True)
+class PipelineInfo:
+    """For an attached console: the pipeline it watches, and whether its owner speaks in Redis."""
+
+    namespace: str
+    alive: bool
+    host: str = ""
+    pid: int = 0
+
+
+@dataclass(frozen=True)
 class Snapshot:
     taken_at: float
     redis: RedisInfo
@@ -81,6 +91,7 @@ class Snapshot:
     unreadable_inbox: int = 0
     problems: tuple[Problem, ...] = ()
     events: tuple[Event, ...] = ()
+    pipeline: PipelineInfo | None = None  # None: the console runs the pipeline itself
 
     @property
     def alive_workers(self) -> int:

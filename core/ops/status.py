@@ -20,7 +20,8 @@ from rq.results import Result
 from rq.worker import Worker
 
 from core.ops.doctor import diagnose
-from core.ops.snapshot import FailedJob, GrpcInfo, RedisInfo, Snapshot, WatcherInfo, WorkerInfo
+from core.ops.owner import Presence
+from core.ops.snapshot import FailedJob, GrpcInfo, PipelineInfo, RedisInfo, Snapshot, WatcherInfo, WorkerInfo
 from core.queue.taskqueue import WORKER_TTL, JSONSerializer, SafeJob
 
 if TYPE_CHECKING:
@@ -97,6 +98,23 @@ class Sources:
     watching: bool = False  # the watcher runs (not --once, which reads the folder once)
     exporter: Exporter | None = None
     guard: RedisGuard | None = None
+    # An attached console has none of the parts above: what only the pipeline's owner sees comes from its
+    # presence in Redis (core.ops.owner), and `pipeline` names the pipeline being watched.
+    presence: Presence | None = None
+    pipeline: PipelineInfo | None = None
+
+
+def local_presence(sources: Sources) -> Presence:
+    """What the owner's own parts say now: drawn by the local console, and published for attached ones."""
+    supervisor, exporter = sources.supervisor, sources.exporter
+    return Presence(
+        grpc=_grpc_info(sources.server), watcher=_watcher_info(sources.watcher, sources.watching),
+        desired=supervisor.desired if supervisor else 0,
+        processes=tuple(supervisor.processes()) if supervisor else (),
+        dead=tuple(supervisor.dead[-5:]) if supervisor else (),
+        export_error=(exporter.error or "") if exporter is not None else "",
+        redis_problem=sources.guard.problem if sources.guard is not None else "",
+        embedded=sources.broker.embedded, output_path=str(sources.settings.output_path))
 
 
 def collect(sources: Sources, now: float | None = None) -> Snapshot:
@@ -108,33 +126,34 @@ def collect(sources: Sources, now: float | None = None) -> Snapshot:
 
 def _collect(sources: Sources, now: float) -> Snapshot:
     history = sources.history
-    redis_info = _redis_info(sources)
-    grpc = _grpc_info(sources.server)
-    watcher = _watcher_info(sources.watcher, sources.watching)
+    presence = sources.presence if sources.presence is not None else local_presence(sources)
+    redis_info = _redis_info(sources, presence)
+    grpc, watcher, desired = presence.grpc, presence.watcher, presence.desired
     events = tuple(sources.events.recent(500))
-    supervisor = sources.supervisor
-    desired = supervisor.desired if supervisor else 0
+    pipeline = sources.pipeline
     # Known without Redis: a snapshot taken while Redis is away (restarting) must still name it.
-    output_path = str(sources.settings.output_path)
+    output_path = presence.output_path or str(sources.settings.output_path)
     if not redis_info.connected or sources.queue is None or sources.store is None:
         snap = Snapshot(taken_at=now, redis=redis_info, grpc=grpc, watcher=watcher, desired_workers=desired,
-                        events=events, rate_history=tuple(history.rates), output_path=output_path)
+                        events=events, rate_history=tuple(history.rates), output_path=output_path,
+                        pipeline=pipeline)
         return _with_problems(snap, sources.settings)
     queue, store = sources.queue, sources.store
     try:
         counts = _queue_counts(queue)
-        workers = _workers(queue, supervisor, now)
+        workers = _workers(queue, presence, now)
         users = store.count()
         files = tuple(store.reports(limit=500))
         export = store.last_export()
         unreadable = store.unreadable_inbox()
-        if (exporter := sources.exporter) is not None and exporter.error:
-            export = {**export, "error": exporter.error}  # the doctor names the path it cannot write
+        if presence.export_error:
+            export = {**export, "error": presence.export_error}  # the doctor names the path it cannot write
         failed = _failed_jobs(queue, history)
     except redis.RedisError as error:
         broken = RedisInfo(redis_info.url, redis_info.embedded, False, error=str(error))
         snap = Snapshot(taken_at=now, redis=broken, grpc=grpc, watcher=watcher, desired_workers=desired,
-                        events=events, rate_history=tuple(history.rates), output_path=output_path)
+                        events=events, rate_history=tuple(history.rates), output_path=output_path,
+                        pipeline=pipeline)
         return _with_problems(snap, sources.settings)
     backlog = counts["queued"] + counts["started"]
     users_rate, jobs_rate, rates, trend = history.add(now, users, workers, backlog)
@@ -143,7 +162,7 @@ def _collect(sources: Sources, now: float) -> Snapshot:
         taken_at=now, redis=redis_info, grpc=grpc, watcher=watcher, workers=workers, desired_workers=desired,
         queue=counts, users=users, users_rate=users_rate, rate_history=rates, jobs_rate=jobs_rate,
         backlog=backlog, backlog_trend=trend, eta=eta, files=files, export=export,
-        output_path=output_path, failed=failed, events=events, unreadable_inbox=unreadable,
+        output_path=output_path, failed=failed, events=events, unreadable_inbox=unreadable, pipeline=pipeline,
     )
     return _with_problems(snap, sources.settings)
 
@@ -152,9 +171,9 @@ def _with_problems(snap: Snapshot, settings: Settings) -> Snapshot:
     return replace(snap, problems=tuple(diagnose(snap, settings)))
 
 
-def _redis_info(sources: Sources) -> RedisInfo:
+def _redis_info(sources: Sources, presence: Presence) -> RedisInfo:
     broker = sources.broker
-    base = dict(url=broker.display_url, embedded=broker.embedded)
+    base = dict(url=broker.display_url, embedded=presence.embedded)
     connection = broker.client
     if connection is None:
         return RedisInfo(connected=False, error="not started", **base)
@@ -164,7 +183,7 @@ def _redis_info(sources: Sources) -> RedisInfo:
     except (redis.RedisError, OSError) as error:
         return RedisInfo(connected=False, error=str(error), **base)
     # Answering is not enough: a Redis on a full disk answers but refuses writes (core.storage.redis_guard probes).
-    refused = sources.guard.problem if sources.guard is not None else ""
+    refused = presence.redis_problem
     return RedisInfo(connected=True, version=str(info.get("redis_version", "")),
                      memory=str(memory.get("used_memory_human", "")), error=refused, **base)
 
@@ -215,9 +234,9 @@ def _queue_counts(queue) -> dict:
     return dict(zip(REGISTRIES, (int(v) for v in values)))
 
 
-def _workers(queue, supervisor, now: float) -> tuple[WorkerInfo, ...]:
+def _workers(queue, presence: Presence, now: float) -> tuple[WorkerInfo, ...]:
     rq_workers = {w.name: w for w in Worker.all(queue=queue, serializer=JSONSerializer, job_class=SafeJob)}
-    local = {p["name"]: p for p in supervisor.processes()} if supervisor else {}
+    local = {p["name"]: p for p in presence.processes}
     rows = []
     for name in list(local) + [n for n in rq_workers if n not in local]:
         process, worker = local.get(name), rq_workers.get(name)
@@ -238,12 +257,11 @@ def _workers(queue, supervisor, now: float) -> tuple[WorkerInfo, ...]:
             successful=worker.successful_job_count if worker else 0, failed=worker.failed_job_count if worker else 0,
             last_heartbeat=heartbeat, local=process is not None,
         ))
-    if supervisor:
-        shown = {r.name for r in rows}
-        for dead in reversed(supervisor.dead[-5:]):
-            if dead["name"] not in shown and now - dead["at"] < 120:
-                rows.append(WorkerInfo(name=dead["name"], pid=dead["pid"], state="dead", local=False))
-                shown.add(dead["name"])
+    shown = {r.name for r in rows}
+    for dead in reversed(presence.dead):
+        if dead["name"] not in shown and now - dead["at"] < 120:
+            rows.append(WorkerInfo(name=dead["name"], pid=dead["pid"], state="dead", local=False))
+            shown.add(dead["name"])
     return tuple(rows)
 
 
