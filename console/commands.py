@@ -227,6 +227,18 @@ def replay(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# An attached console only watches: on a machine it shares with the pipeline it must not take CPU the pipeline
+# needs (drawing a busy dashboard costs a third of a core), so it runs at a lower priority (bench/attach.py).
+ATTACH_NICE = 10
+
+
+def yield_cpu() -> None:
+    try:
+        os.nice(ATTACH_NICE)
+    except OSError:  # not allowed here: the console still works, at the usual priority
+        pass
+
+
 def add_attach(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--redis-url", help="the pipeline's Redis (required)" + _env("redis_url"))
     parser.add_argument("--namespace", help="the pipeline's namespace (default swordsec)" + _env("namespace"))
@@ -247,6 +259,7 @@ def attach(args: argparse.Namespace) -> int:
         print("attach: --refresh must be a positive number of seconds", file=sys.stderr)
         return EXIT_USAGE
     runtime = AttachedRuntime(settings).start()  # before the screen: a Redis that does not answer is one line
+    yield_cpu()
     try:
         app = make_app(runtime, refresh=args.refresh, start_runtime=False)
         app.run()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import orjson
 from textual import work
+from textual.coordinate import Coordinate
 from textual.widgets import DataTable, Static
 
 from console.format import ago, number, short_path
@@ -80,12 +81,22 @@ class UsersPanel(Panel):
 
     def _fill(self, users: list[dict]) -> None:
         table = self.query_one(DataTable)
-        row = table.cursor_row
-        table.clear()
-        for user in users:
-            table.add_row(*(str(user.get(field, "")) for field in USER_FIELDS))
-        if users:
-            table.move_cursor(row=min(row, len(users) - 1), animate=False)
+        rows = [tuple(str(user.get(field, "")) for field in USER_FIELDS) for user in users]
+        if len(rows) == table.row_count:
+            # A page of the same length (a refresh while merges land): change only the cells that changed.
+            # Columns have fixed widths, so nothing is measured again; a rebuild measured 900 cells a second.
+            for index, cells in enumerate(rows):
+                old = table.get_row_at(index)
+                for column, (before, after) in enumerate(zip(old, cells)):
+                    if before != after:
+                        table.update_cell_at(Coordinate(index, column), after)
+        else:
+            row = table.cursor_row
+            table.clear()
+            for cells in rows:
+                table.add_row(*cells)
+            if rows:
+                table.move_cursor(row=min(row, len(rows) - 1), animate=False)
         self._render_subtitle()
 
     # exit_on_error=False: a page that cannot be read (Redis restarting) is read again at the next refresh;
