@@ -115,6 +115,15 @@ class Ledger:
             raise
         return SourceStream(file_id, name, size, attempt, applied), ""
 
+    def refuse(self, name: str, damage: str, peer: str) -> str:
+        """A source its sender could not read at all (a notice): there is no content to fingerprint, so its
+        report is keyed by its name, and a later notice of the same name replaces it. Returns the report id."""
+        report_id = f"refused-{name}"
+        self.store.update_report(report_id, name=name, state="rejected", damage=damage, peer=peer,
+                                 finished_at=time.time())
+        self.emit("warning", f"{name}: {damage}", file=name, id=report_id, state="rejected")
+        return report_id
+
     def release(self, file_id: str) -> None:
         with self._lock:
             self._receiving.discard(file_id)
