@@ -14,6 +14,8 @@ import redis
 
 from core.ops.owner import read_presence
 from tests.console.test_tmux import descendants, program
+from tests.console.test_tmux import tmux as shared_tmux
+from tests.console.test_tmux import wait_screen as shared_wait_screen
 
 from conftest import copy_challenge, wait_for
 
@@ -26,20 +28,11 @@ SERVER = "swordsec-attach-" + uuid.uuid4().hex[:8]
 
 
 def tmux(*args: str) -> str:
-    return subprocess.run(["tmux", "-L", SERVER, "-f", "/dev/null", *args], capture_output=True, text=True,
-                          check=True).stdout
+    return shared_tmux(*args, server=SERVER)
 
 
 def wait_screen(session: str, predicate, timeout: float, message: str) -> str:
-    deadline = time.monotonic() + timeout
-    while True:
-        screen = tmux("capture-pane", "-p", "-t", session)
-        if predicate(screen):
-            return screen
-        if time.monotonic() > deadline:
-            size = tmux("display-message", "-p", "-t", session, "#{window_width}x#{window_height}").strip()
-            pytest.fail(f"timed out waiting for {message}; the screen ({size}) was:\n{screen}")
-        time.sleep(0.2)
+    return shared_wait_screen(session, predicate, timeout, message, server=SERVER)
 
 
 @pytest.fixture
