@@ -70,7 +70,9 @@ def test_two_attached_consoles_and_q_in_one_leaves_the_rest(pipeline, tmp_path):
         for session in sessions.values():
             wait_screen(session, lambda s: "● live" in s and f"attached to {namespace} on" in s and "2 alive / 2 desired" in s,
                         60, "an attached dashboard to go live")
-        workers = [p for p in descendants(process.pid) if p.is_running()]
+        workers = [p for p in descendants(process.pid)
+                   if p.is_running() and any("worker_process" in part for part in p.cmdline())]
+        assert len(workers) == 2
         copy_challenge(tmp_path / "drop", ["1.json"])
         for session in sessions.values():
             wait_screen(session, lambda s: "1,000 users" in s and "1.json: merged" in s, 60,
