@@ -15,9 +15,9 @@ from pathlib import Path
 
 import psutil
 import pytest
-import redis
 
-from core.ops.owner import read_presence
+# The --no-ui pipeline on the machine's Redis that attach's own end-to-end test starts.
+from tests.console.test_attach_tmux import pipeline  # noqa: F401
 from tests.console.test_tmux import descendants, program
 from tests.lifecycle_helpers import assert_nothing_left, wait_line
 
@@ -37,28 +37,6 @@ pytestmark = [pytest.mark.slow,
                                                                f"(apt-get install chromium)")]
 
 
-@pytest.fixture
-def pipeline(tmp_path, external_url):
-    """`swordsec-console --no-ui` on the machine's Redis, which `serve`'s sessions attach to."""
-    if external_url is None:
-        pytest.skip("no external Redis to attach through")
-    namespace = "sv" + uuid.uuid4().hex[:10]
-    log = open(tmp_path / "pipeline.log", "wb")
-    process = subprocess.Popen([*program(), "--no-ui", "--redis-url", external_url, "--namespace", namespace,
-                                "--watch", str(tmp_path / "drop"), "--data-dir", str(tmp_path / "data"),
-                                "--grpc-listen", "127.0.0.1:0", "--workers", "1", "--quiet-period", "0.3"],
-                               stdout=log, stderr=subprocess.STDOUT)
-    client = redis.Redis.from_url(external_url)
-    try:
-        wait_for(lambda: read_presence(client, namespace), 60, message="the pipeline's presence in Redis")
-        yield external_url, namespace
-    finally:
-        process.terminate()
-        process.wait(60)
-        log.close()
-        client.close()
-
-
 class Served:
     def __init__(self, process: subprocess.Popen, url: str, out: Path):
         self.process, self.url, self.out = process, url, out
@@ -69,9 +47,9 @@ class Served:
 
 
 @pytest.fixture
-def served(pipeline, tmp_path):
+def served(pipeline, tmp_path):  # noqa: F811 - the imported fixture, requested by name
     """`swordsec-console serve` on a free loopback port, with a token; stopped (SIGTERM) if a test did not."""
-    url, namespace = pipeline
+    _, url, namespace = pipeline
     out = tmp_path / "serve.out"
     environment = {k: v for k, v in os.environ.items() if not k.startswith("SWORDSEC_") and k != "REDIS_URL"}
     environment["SWORDSEC_SERVE_TOKEN"] = TOKEN
