@@ -5,6 +5,7 @@ request is seen to start no process at all."""
 
 from __future__ import annotations
 
+import ssl
 import subprocess
 import sys
 
@@ -12,8 +13,9 @@ import aiohttp
 import pytest
 
 from console.web.guard import COOKIE, check_listen, cookie_value
-from console.web.server import ConsoleServer
+from console.web.server import ConsoleServer, tls_context
 from core.config import ConfigError
+from tests.service.test_security import make_certificate
 
 TOKEN = "s3cret-token"
 
@@ -59,14 +61,14 @@ async def served(tmp_path):
     mark = tmp_path / "started"
     argv = [sys.executable, "-c", f"open({str(mark)!r}, 'a').write('x')"]
 
-    async def start(token: str | None):
+    async def start(token: str | None, tls=None):
         server = ConsoleServer(argv, {}, token=token, title="test")
         runner = aiohttp.web.AppRunner(await server._make_app(), handle_signals=False, shutdown_timeout=2.0)
         await runner.setup()
-        site = aiohttp.web.TCPSite(runner, "127.0.0.1", 0)
+        site = aiohttp.web.TCPSite(runner, "127.0.0.1", 0, ssl_context=tls)
         await site.start()
         runners.append(runner)
-        return f"http://127.0.0.1:{runner.addresses[0][1]}", server
+        return f"{'https' if tls else 'http'}://127.0.0.1:{runner.addresses[0][1]}", server
 
     runners: list = []
     yield start, mark
@@ -139,3 +141,29 @@ async def test_without_token_only_loopback_names_are_served(served):
             await client.ws_connect(base + "/ws", headers={"Origin": "http://evil.example:8000"})
         assert refused.value.status == 403
     assert not mark.exists()
+
+
+async def test_over_tls_the_cookie_is_secure_and_the_page_uses_wss(served, tmp_path):
+    start, mark = served
+    cert, key = make_certificate(tmp_path, ["127.0.0.1"])
+    base, server = await start(TOKEN, tls_context(cert, key))
+    trust = ssl.create_default_context(cafile=str(cert))
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True),
+                                     connector=aiohttp.TCPConnector(ssl=trust)) as client:
+        async with client.get(base + f"/?token={TOKEN}", allow_redirects=False) as response:
+            assert response.status == 303
+            assert "Secure" in response.headers["Set-Cookie"]
+        async with client.get(base + "/") as response:
+            page = await response.text()
+            port = base.rsplit(":", 1)[1]
+            assert f"wss://127.0.0.1:{port}/ws" in page and f"https://127.0.0.1:{port}/static/" in page
+    assert not mark.exists()
+
+
+def test_serve_with_an_unreadable_certificate_refuses_in_one_line(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "console.cli", "serve", "--listen", "127.0.0.1:0",
+                             "--redis-url", "redis://127.0.0.1:1/0", "--tls-cert", str(tmp_path / "none.pem"),
+                             "--tls-key", str(tmp_path / "none.key")], capture_output=True, text=True, timeout=60,
+                            env={"PATH": "/usr/bin:/bin"})
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "--tls-cert" in result.stderr, result.stderr
