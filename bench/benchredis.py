@@ -79,4 +79,7 @@ def cleanup(connection: redis.Redis, namespace: str, queue_names: list[str], wor
             doomed.append(key)
     for start in range(0, len(doomed), 500):
         connection.delete(*doomed[start:start + 500])
+    # RQ's global set of queues keeps a member per queue ever used; the machine's Redis must not keep ours.
+    if queue_names:
+        connection.srem("rq:queues", *(f"rq:queue:{name}" for name in queue_names))
     return len(doomed)

@@ -28,16 +28,16 @@ class StatusLine(Static):
     def draw(self, snap, paused: bool, interval: float) -> None:
         live = Text("⏸ refresh PAUSED (space)", "bold yellow") if paused else Text(f"● live · {interval:g} s", "green")
         text = Text.assemble(("swordsec-console ", "bold"), live)
+        if snap is not None and (pipeline := snap.pipeline) is not None:  # first: a narrow screen cuts the end
+            text.append(f" · attached to {pipeline.namespace} on {pipeline.host} (pid {pipeline.pid})"
+                        if pipeline.alive else f" · attached to {pipeline.namespace}: NO PIPELINE RUNS IT",
+                        "cyan" if pipeline.alive else "bold red")
         if snap is not None:
             watcher = ""
             if snap.watcher is not None:
                 watcher = "watcher PAUSED" if snap.watcher.paused else "watching"
             text.append(f" · {number(snap.users)} users · {snap.alive_workers}/{snap.desired_workers} workers · "
                         f"backlog {number(snap.backlog)} · {watcher}")
-            if (pipeline := snap.pipeline) is not None:
-                text.append(f" · attached to {pipeline.namespace} on {pipeline.host} (pid {pipeline.pid})"
-                            if pipeline.alive else f" · attached to {pipeline.namespace}: NO PIPELINE RUNS IT",
-                            "cyan" if pipeline.alive else "bold red")
         else:
             text.append(" · starting…")
         self.update(text)

@@ -10,6 +10,7 @@ from collections import deque
 import orjson
 import redis
 
+from core.background import Background
 from core.ops.events import Event, EventLog
 
 KEEP = 2000  # the stream's length (XADD MAXLEN ~): what a console attaching now can scroll back to
@@ -51,16 +52,19 @@ def append(connection: redis.Redis, namespace: str, event: Event) -> None:
     connection.xadd(stream_key(namespace), encode(event), maxlen=KEEP, approximate=True)
 
 
-class EventPublisher:
-    """Copies the owner's event log into the stream from a thread of its own: emit never waits on Redis,
+class EventPublisher(Background):
+    """Copies the owner's event log into the stream from a loop of its own: emit never waits on Redis,
     and events emitted while Redis is away are counted and said once it answers again."""
 
+    thread_name = "event-publisher"
+    join_seconds = 2.0
+
     def __init__(self, connection: redis.Redis, namespace: str, events: EventLog):
+        super().__init__()
         self.connection = connection
         self.key = stream_key(namespace)
         self._queue: queue.Queue[Event | None] = queue.Queue(maxsize=20_000)
         self.lost = 0
-        self._thread: threading.Thread | None = None
         self._events = events
         for event in events.subscribe(self._offer):  # the lines of the start so far, too
             self._offer(event)
@@ -71,17 +75,11 @@ class EventPublisher:
         except queue.Full:  # Redis far behind: lose a line rather than slow the pipeline
             self.lost += 1
 
-    def start(self) -> EventPublisher:
-        self._thread = threading.Thread(target=self._run, name="event-publisher", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self, timeout: float = 2.0) -> None:
+    def stop(self) -> None:
         """Publish what is queued (the last lines of a stop included), then end."""
         self._events.unsubscribe(self._offer)
         self._queue.put(None)
-        if self._thread is not None:
-            self._thread.join(timeout)
+        super().stop()
 
     def _run(self) -> None:
         while True:

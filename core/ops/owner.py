@@ -7,15 +7,15 @@ from __future__ import annotations
 
 import os
 import socket
-import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import orjson
 import redis
 
+from core.background import Background
 from core.ops.snapshot import GrpcInfo, WatcherInfo
 
 PRESENCE_EVERY = 1.0
@@ -87,40 +87,32 @@ def read_presence(connection: redis.Redis, namespace: str) -> Presence | None:
         return None  # written by another release: treat as no owner we can talk to
 
 
-@dataclass
-class OwnerChannel:
-    """The owner's side: one thread that refreshes the presence key and serves requests (BLPOP, 1 s)."""
+class OwnerChannel(Background):
+    """The owner's side: one loop that refreshes the presence key and serves requests (BLPOP, 1 s)."""
 
-    connection: redis.Redis
-    namespace: str
-    describe: Callable[[], Presence]  # the owner's live parts, now
-    control: Callable[[], object]  # core.ops.control.Control over the parts running now
-    emit: Callable[[str, str], None]
-    instance: str = field(default_factory=lambda: uuid.uuid4().hex)
-    started_at: float = field(default_factory=time.time)
+    thread_name = "owner-channel"
+    join_seconds = 3.0
 
-    def __post_init__(self) -> None:
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+    def __init__(self, connection: redis.Redis, namespace: str, *, describe: Callable[[], Presence],
+                 control: Callable[[], object], emit: Callable[[str, str], None]):
+        super().__init__()
+        self.connection = connection
+        self.namespace = namespace
+        self.describe = describe  # the owner's live parts, now
+        self.control = control  # core.ops.control.Control over the parts running now
+        self.emit = emit
+        self.instance = uuid.uuid4().hex
+        self.started_at = time.time()
         self._host = socket.gethostname().split(".")[0]
-
-    def start(self) -> OwnerChannel:
-        self._thread = threading.Thread(target=self._run, name="owner-channel", daemon=True)
-        self._thread.start()
-        return self
-
-    @property
-    def _wake_key(self) -> str:
-        return f"{self.namespace}:control:wake:{self.instance}"
+        self._wake_key = f"{namespace}:control:wake:{self.instance}"
 
     def stop(self) -> None:
         self._stop.set()
-        try:  # end the thread's wait for a request now, not at its timeout
+        try:  # end the loop's wait for a request now, not at its timeout
             self.connection.rpush(self._wake_key, 1)
         except (redis.RedisError, OSError):
             pass
-        if self._thread is not None:
-            self._thread.join(timeout=3)
+        super().stop()
         try:  # only our own presence: a newer owner of the namespace keeps its key
             self.connection.delete(self._wake_key)
             current = read_presence(self.connection, self.namespace)

@@ -7,7 +7,7 @@ import os
 import socket
 
 import psutil
-from textual.widgets import Button
+from textual.widgets import Button, DataTable
 
 from console.app import make_app
 from console.screens.confirm import ConfirmScreen
@@ -64,7 +64,15 @@ async def test_attached_console_follows_a_pipeline_started_elsewhere(runtime_fac
                         message="the pipeline's lines in the attached console")
             await pilot.press("enter")
             await until(pilot, lambda: isinstance(app.screen, FileReportScreen), message="a file report")
-            await pilot.press("escape", "q")
+            await pilot.press("escape")
+            # Replay the damaged file: the owner moves it back from quarantine and answers.
+            table = dashboard(app).query_one("#panel-4 DataTable", DataTable)
+            damaged = next(key for key, cells in table_cells(app, "panel-4").items() if cells["file"] == "6.json")
+            table.move_cursor(row=[key.value for key in table.rows].index(damaged))
+            await pilot.press("x")
+            await until(pilot, lambda: "6.json replayed" in notes(app), message="the owner's answer to the replay")
+            assert any(e.text == "6.json replayed" for e in pipeline.events.recent(50))
+            await pilot.press("q")
             await until(pilot, lambda: not app.is_running, message="the attached console to quit")
         assert app.return_code == 0
         # Quitting an attached console leaves the pipeline as it was.

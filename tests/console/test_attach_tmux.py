@@ -13,12 +13,26 @@ import pytest
 import redis
 
 from core.ops.owner import read_presence
-from tests.console.test_tmux import descendants, program, tmux, wait_screen
+from tests.console.test_tmux import descendants, program
+from tests.console.test_tmux import tmux as shared_tmux
+from tests.console.test_tmux import wait_screen as shared_wait_screen
 
 from conftest import copy_challenge, wait_for
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")]
+
+
+# A tmux server of this test's own: sessions on the shared default server can take the size of other clients'.
+SERVER = "swordsec-attach-" + uuid.uuid4().hex[:8]
+
+
+def tmux(*args: str) -> str:
+    return shared_tmux(*args, server=SERVER)
+
+
+def wait_screen(session: str, predicate, timeout: float, message: str) -> str:
+    return shared_wait_screen(session, predicate, timeout, message, server=SERVER)
 
 
 @pytest.fixture
@@ -49,10 +63,12 @@ def test_two_attached_consoles_and_q_in_one_leaves_the_rest(pipeline, tmp_path):
     command = " ".join([*program(), "attach", "--redis-url", url, "--namespace", namespace])
     try:
         for name, session in sessions.items():
-            tmux("new-session", "-d", "-s", session, "-x", "140", "-y", "45",
-                 f"{command}; echo $? > {tmp_path / ('status-' + name)}; sleep 60")
+            # A shell first, the console typed into it: the pane has its final size before the console starts
+            # (a detached session is made at 80x24 and resized, which a starting app can miss).
+            tmux("new-session", "-d", "-s", session, "-x", "140", "-y", "45", "bash --norc --noprofile")
+            tmux("send-keys", "-t", session, f"{command}; echo $? > {tmp_path / ('status-' + name)}", "Enter")
         for session in sessions.values():
-            wait_screen(session, lambda s: "● live" in s and f"attached to {namespace} on" in s and "2/2 workers" in s,
+            wait_screen(session, lambda s: "● live" in s and f"attached to {namespace} on" in s and "2 alive / 2 desired" in s,
                         60, "an attached dashboard to go live")
         workers = [p for p in descendants(process.pid) if p.is_running()]
         copy_challenge(tmp_path / "drop", ["1.json"])
@@ -66,7 +82,7 @@ def test_two_attached_consoles_and_q_in_one_leaves_the_rest(pipeline, tmp_path):
         # The pipeline, its workers and the other console go on: a new file reaches console b.
         assert process.poll() is None and all(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in workers)
         copy_challenge(tmp_path / "drop", ["2.json"])
-        wait_screen(sessions["b"], lambda s: "2,000 users" in s and "2/2 workers" in s and "2.json: merged" in s, 60,
+        wait_screen(sessions["b"], lambda s: "2,000 users" in s and "2 alive / 2 desired" in s and "2.json: merged" in s, 60,
                     "console b still following the pipeline")
         assert not (tmp_path / "status-b").exists()
         # The lines the attached consoles show are the --no-ui log's.
@@ -76,8 +92,7 @@ def test_two_attached_consoles_and_q_in_one_leaves_the_rest(pipeline, tmp_path):
         wait_for(lambda: (tmp_path / "status-b").exists(), 30, message="console b to exit")
         assert process.poll() is None
     finally:
-        for session in sessions.values():
-            subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
+        subprocess.run(["tmux", "-L", SERVER, "kill-server"], capture_output=True)
     started = time.monotonic()
     process.terminate()
     assert process.wait(60) == 0, (tmp_path / "pipeline.log").read_text()[-2000:]

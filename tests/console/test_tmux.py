@@ -25,14 +25,16 @@ def program() -> list[str]:
     return [str(installed)] if installed.exists() else [sys.executable, "-m", "console.cli"]
 
 
-def tmux(*args: str) -> str:
-    return subprocess.run(["tmux", *args], capture_output=True, text=True, check=True).stdout
+def tmux(*args: str, server: str | None = None) -> str:
+    """Run tmux on the default server, or on a server of a test's own (`tmux -L server`, no config)."""
+    own = ["-L", server, "-f", "/dev/null"] if server else []
+    return subprocess.run(["tmux", *own, *args], capture_output=True, text=True, check=True).stdout
 
 
-def wait_screen(session: str, predicate, timeout: float, message: str) -> str:
+def wait_screen(session: str, predicate, timeout: float, message: str, server: str | None = None) -> str:
     deadline = time.monotonic() + timeout
     while True:
-        screen = tmux("capture-pane", "-p", "-t", session)
+        screen = tmux("capture-pane", "-p", "-t", session, server=server)
         if predicate(screen):
             return screen
         if time.monotonic() > deadline:
