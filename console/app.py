@@ -151,7 +151,11 @@ class SwordsecApp(App[int]):
         from console.screens.help import HelpScreen
 
         if (dashboard := self._dashboard()) is not None:
-            self.push_screen(HelpScreen(dashboard.panels))
+            # Built and laid out once, then kept: the keys never change while the app runs, and laying out
+            # the help's table again cost ~100 ms of CPU per `?`, seconds of wall time under a busy ingest.
+            if not self.is_screen_installed("help"):
+                self.install_screen(HelpScreen(dashboard.panels), "help")
+            self.push_screen("help")
 
     def get_system_commands(self, screen):
         from console.palette import commands

@@ -1,4 +1,4 @@
-"""The subcommands: `send`, `health`, `worker`, `replay` and `attach`.
+"""The subcommands: `send`, `health`, `worker`, `replay`, `attach` and `serve`.
 
 Each has an `add_<name>` that declares its options on the subparser `register` gives it, and a function of
 the same name that runs it with the parsed arguments; `console.cli.build_parser` builds the one tree.
@@ -21,7 +21,8 @@ def register(subparsers) -> None:
     """Declare every subcommand on the console's parser."""
     for name, declare, run in (("send", add_send, send), ("health", add_health, health),
                                ("worker", add_worker, worker), ("replay", add_replay, replay),
-                               ("attach", add_attach, attach)):
+                               ("attach", add_attach, attach),
+                               ("serve", add_serve, serve)):
         summary = run.__doc__.strip().splitlines()[0]
         parser = subparsers.add_parser(name, help=summary, description=summary, epilog=_EPILOGS[name])
         declare(parser)
@@ -128,6 +129,10 @@ _EPILOGS = {
               f"replaying are requests its owner (the `--no-ui` or console process running it) carries out and "
               f"answers. Quitting leaves the pipeline running. Exit codes: {EXIT_OK} quit; {EXIT_USAGE} bad usage; "
               f"{EXIT_FAILURE} Redis unreachable.",
+    "serve": f"Each browser tab runs its own `attach` console, which ends with the tab. With --token, open the "
+             f"page once as http://HOST:PORT/?token=SECRET (the browser keeps it in a cookie). Exit codes: "
+             f"{EXIT_OK} stopped by SIGTERM/SIGINT; {EXIT_USAGE} bad usage (off loopback without a token, or "
+             f"without TLS or --insecure); {EXIT_FAILURE} Redis unreachable or the port in use.",
 }
 
 
@@ -266,3 +271,60 @@ def attach(args: argparse.Namespace) -> int:
     finally:
         runtime.stop()
     return app.return_code or EXIT_OK
+
+
+SERVE_TOKEN_VARIABLE = "SWORDSEC_SERVE_TOKEN"
+
+
+def add_serve(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--listen", default="127.0.0.1:8000", metavar="HOST:PORT",
+                        help="address of the web page (default 127.0.0.1:8000); off loopback needs --token, and "
+                             "TLS or --insecure")
+    parser.add_argument("--redis-url", help="the pipeline's Redis (required)" + _env("redis_url"))
+    parser.add_argument("--namespace", help="the pipeline's namespace (default swordsec)" + _env("namespace"))
+    parser.add_argument("--token", default=os.environ.get(SERVE_TOKEN_VARIABLE) or None, metavar="SECRET",
+                        help="the page answers 401 without it; give it once as ?token=SECRET (prefer the env: "
+                             f"flags show in `ps`) [env {SERVE_TOKEN_VARIABLE}]")
+    parser.add_argument("--tls-cert", type=Path, metavar="PEM", help="serve https with this certificate"
+                        + _env("tls_cert"))
+    parser.add_argument("--tls-key", type=Path, metavar="PEM", help="private key of --tls-cert" + _env("tls_key"))
+    parser.add_argument("--insecure", action="store_true", default=None,
+                        help="allow plain http off loopback (the token travels in clear)" + _env("insecure"))
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Serve the attached console to web browsers (textual-serve): one `attach` per tab, none starts a pipeline."""
+    import asyncio
+    import ssl
+
+    from console.web.guard import check_listen
+    from console.web.server import ConsoleServer, serve_until_signalled, tls_context
+    from console.web.sessions import session_command
+    from core.config import ConfigError, parse_address
+    from core.storage.broker import connect, redact
+
+    settings = _settings(args, "redis_url", "namespace", "tls_cert", "tls_key", "insecure")
+    if not settings.redis_url:
+        print("serve: give the pipeline's Redis with --redis-url or REDIS_URL", file=sys.stderr)
+        return EXIT_USAGE
+    if (settings.tls_cert is None) != (settings.tls_key is None):
+        raise ConfigError("TLS needs both --tls-cert and --tls-key")
+    host, port = parse_address(args.listen, "listen address")
+    check_listen(host, token=args.token, tls=settings.tls, insecure=settings.insecure)
+    try:
+        tls = tls_context(settings.tls_cert, settings.tls_key) if settings.tls else None
+    except (OSError, ssl.SSLError) as error:
+        raise ConfigError(f"cannot use --tls-cert/--tls-key: {getattr(error, 'strerror', None) or error}") from None
+    # Fail here, in one line, rather than in every browser tab.
+    connect(settings.redis_url).close()
+    argv, environment = session_command(settings.redis_url, settings.namespace)
+    server = ConsoleServer(argv, environment, token=args.token, title=f"swordsec-console {settings.namespace}")
+    setup_logging("text")
+
+    def announce(url: str) -> None:
+        guard = "token required" if args.token else "no token: this machine only"
+        print(f"serve: the console of {redact(settings.redis_url)} (namespace {settings.namespace}) at {url} "
+              f"({guard})", flush=True)
+
+    asyncio.run(serve_until_signalled(server, host, port, tls, announce))
+    return EXIT_OK

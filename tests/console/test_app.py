@@ -193,3 +193,29 @@ async def test_app_owns_its_runtime_and_leaves_no_child(make_settings, connectio
     leftover = [c for c in psutil.Process().children(recursive=True) if c.is_running() and c.status() != "zombie"]
     assert not [c for c in leftover if c in children], leftover
     assert len(children) >= 3  # redis-server and two workers were started, and are gone
+
+
+async def test_the_help_screen_is_built_once_and_opens_again():
+    """`?` lays the help out once (it cost ~100 ms of CPU each time, seconds under a busy ingest:
+    bench/console_load.py) and shows the same screen, with its keys, at every press."""
+    import io
+
+    from rich.console import Console
+
+    from console.screens.help import HelpScreen
+
+    from fake import FakeRuntime
+
+    app = make_app(FakeRuntime(), start_runtime=False, refresh=30.0)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("question_mark")
+        await until(pilot, lambda: isinstance(app.screen, HelpScreen), message="help")
+        first = app.screen
+        await pilot.press("escape")
+        await until(pilot, lambda: isinstance(app.screen, DashboardScreen), message="back to the dashboard")
+        await pilot.press("question_mark")
+        await until(pilot, lambda: isinstance(app.screen, HelpScreen), message="help again")
+        assert app.screen is first
+        shown = Console(width=120, record=True, file=io.StringIO())
+        shown.print(app.screen.body)  # what the help's Static draws
+        assert "Everywhere" in shown.export_text()

@@ -1,0 +1,16 @@
+"""The process of one browser session: arm the parent-death signal, then run `swordsec-console attach`."""
+
+import sys
+
+from core.queue.children import arm_from_environment
+
+
+def main() -> int:
+    arm_from_environment()  # a no-op when setpriv armed it already
+    from console.cli import main as cli_main
+
+    return cli_main(["attach", *sys.argv[1:]])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
