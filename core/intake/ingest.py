@@ -348,11 +348,11 @@ class SourceReader:
                 break
             carry += raws
             pending, offset, expect_comma = pending[cut:], offset + cut, True
+            self._position = offset  # read and checked so far (a progress bar's figure)
             if len(carry) >= batch_size:
                 whole = len(carry) - len(carry) % batch_size
                 yield from self._raw_batches(carry[:whole], batch_size)
                 del carry[:whole]
-            self._position = offset
         yield from self._raw_batches(carry, batch_size)
         self._position = offset
         # The streaming parser sees "[" then the rest from the first record not yet yielded, so its byte
