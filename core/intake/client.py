@@ -154,6 +154,31 @@ class UsersClient:
         result.seconds = time.monotonic() - started
         return result
 
+    def send_rejected(self, name: str, source: Source, reason: str) -> SendResult:
+        """Give a file up: the server records it as rejected with `reason` and keeps a copy of its bytes in
+        its quarantine (a file it already has is answered "already ingested", as always)."""
+        result = SendResult(source=name, size=source.size, file_id=source.fingerprint, damage=reason)
+        header = users_pb2.SourceHeader(name=name, size=source.size, fingerprint=source.fingerprint)
+        trailer = users_pb2.SourceTrailer(records=0, damage=reason)
+
+        def stream():
+            yield users_pb2.UserBatch(source=name, header=header, trailer=trailer)
+            if source.size <= RAW_LIMIT_BYTES:
+                yield from _raw_chunks(source.data, source.handle, source.size)
+        report = self.stub.SendUserBatches(stream(), timeout=self.timeout)
+        result.state = report.state
+        return result
+
+    def send_notice(self, name: str, reason: str) -> SendResult:
+        """Tell the server of an entry that could not be read at all (not a regular file, a link out of the
+        folder): it has no content to fingerprint, so the server records it under its name, as rejected."""
+        result = SendResult(source=name, damage=reason)
+        notice = users_pb2.UserBatch(source=name, header=users_pb2.SourceHeader(name=name),
+                                     trailer=users_pb2.SourceTrailer(records=0, damage=reason))
+        report = self.stub.SendUserBatches(iter([notice]), timeout=self.timeout)
+        result.file_id, result.state = report.file_id, report.state
+        return result
+
     def _batches(self, reader: SourceReader, result: SendResult, header, batch_size: int, on_progress,
                  source: Source) -> Iterator[users_pb2.UserBatch]:
         """Records go to the server as read: it validates each one (it must, whoever the client is) and

@@ -7,8 +7,10 @@ The watcher finds a stable file, streams it and applies --after-merge; the gRPC 
 report (core/service/ledger.py), exactly as for a file sent from another host. The watcher only reads the ledger,
 keyed by a fingerprint of the content: a file whose report says merged or rejected is not streamed again
 (under any name); one left streaming or queued by a console that died is sent again, and the server skips
-the ranges already merged. The only reports written here are of entries that never reach a stream: one
-refused unopened (a FIFO, a link out of the folder) and one set aside after MAX_ATTEMPTS failures.
+the ranges already merged. The watcher writes no report: an entry refused unopened (a FIFO, a link out of
+the folder) is told to the server in a notice (a header without a fingerprint), and a file set aside after
+MAX_ATTEMPTS failures is sent as a rejected source (header, trailer with the reason, its bytes for the
+quarantine copy), so both are recorded and quarantined exactly as a remote sender's would be.
 
 An entry that is not a regular file (FIFO, socket, device, folder) or a link out of the folder is refused
 with a one-line reason and never opened; a file is opened once and everything is read from that descriptor
@@ -36,8 +38,7 @@ import watchfiles
 
 from core.intake.aftermerge import dispose
 from core.intake.client import Source, UsersClient
-from core.intake.dropfiles import UNSEEN, Refused, fingerprint, is_candidate, open_checked, signature, stability
-from core.intake.quarantine import set_aside
+from core.intake.dropfiles import UNSEEN, Refused, is_candidate, open_checked, signature, stability
 from core.ops.events import EventLog
 from core.storage.codec import StaleDictionary
 from core.storage.store import Store
@@ -59,7 +60,6 @@ class Watcher:
                  readers: int = 3):
         self.folder = Path(folder).absolute()
         self.data_dir = Path(data_dir)
-        self.quarantine = self.data_dir / "quarantine"
         self.store = store
         self.client = client
         self.events = events
@@ -261,27 +261,20 @@ class Watcher:
         return self._give_up(path, f"set aside after {count} failed attempts: {reason}")
 
     def _give_up(self, path: Path, reason: str) -> tuple[str | None, str]:
-        report_id, handle = f"failed-{path.name}", None
+        """The server records the file as rejected and keeps its copy in quarantine; one that cannot be read
+        any more is told in a notice. Either way it is not tried again while it stays unchanged."""
         try:
-            handle = open_checked(path, self.folder)
-            report_id = fingerprint(handle)
-        except (Refused, OSError):
-            pass
-        try:  # the copy first: once the report says rejected, the copy is there to look at
-            set_aside(self.quarantine, path, report_id, reason, 0, handle=handle)
-        except OSError as error:
-            self.events.emit("error", f"{path.name}: cannot copy to quarantine: {one_line(error)}", file=path.name)
-        finally:
-            if handle is not None:
-                handle.close()
-        try:
-            self.store.update_report(report_id, name=path.name, path=str(path), state="rejected", damage=reason,
-                                     finished_at=time.time())
-        except redis.RedisError as error:
-            self.events.emit("error", f"{path.name}: cannot record its report: {one_line(error)}", file=path.name)
-        self.events.emit("warning", f"{path.name}: rejected: {reason}; set aside in {self.quarantine}",
-                         file=path.name, id=report_id, state="rejected")
-        return report_id, "refused"
+            try:
+                handle = open_checked(path, self.folder)
+            except (Refused, OSError):
+                return self._refuse(path, reason)
+            with handle:
+                result = self.client.send_rejected(path.name, Source.read(handle), reason)
+            return result.file_id, "refused"
+        except Exception as error:  # the file is given up all the same: said here, since no report says it
+            self.events.emit("error", f"{path.name}: rejected: {reason}; the server could not record it: "
+                                      f"{one_line(error)}", file=path.name, state="rejected")
+            return None, "refused"
 
     # -- one file ---------------------------------------------------------------------------------------
     def ingest(self, path: Path) -> tuple[str | None, str]:
@@ -306,11 +299,9 @@ class Watcher:
             self.failures.pop(path, None)
         return outcome
 
-    def _refuse(self, path: Path, reason: str) -> tuple[None, str]:
-        self.store.update_report(f"refused-{path.name}", name=path.name, path=str(path), state="rejected",
-                                 damage=reason, finished_at=time.time())
-        self.events.emit("warning", f"{path.name}: {reason}", file=path.name, state="rejected")
-        return None, "refused"
+    def _refuse(self, path: Path, reason: str) -> tuple[str | None, str]:
+        result = self.client.send_notice(path.name, reason)
+        return result.file_id, "refused"
 
     def _ingest_open(self, path: Path, handle) -> tuple[str | None, str]:
         source = Source.read(handle)  # the one read: fingerprint here, parse and send from it

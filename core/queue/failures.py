@@ -8,11 +8,10 @@ last line of its traceback. Reading happens in one thread for the whole process,
 
 from __future__ import annotations
 
-import threading
-
 import redis
 from rq.results import Result
 
+from core.background import Background
 from core.queue.taskqueue import JSONSerializer, SafeJob
 
 POLL_SECONDS = 2.0
@@ -26,27 +25,18 @@ def reason_of(exc_string: str) -> str:
     return lines[-1] if lines else "no reason recorded"
 
 
-class FailureLog:
+class FailureLog(Background):
     """Emits `error` events for jobs that enter the failed registry of `queue`."""
 
+    thread_name = "failures"
+
     def __init__(self, queue, emit, interval: float = POLL_SECONDS):
+        super().__init__()
         self.queue = queue
         self.emit = emit
         self.interval = interval
         self._told: dict[str, None] = {}  # insertion-ordered, trimmed to REMEMBER
         self._primed = False
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> "FailureLog":
-        self._thread = threading.Thread(target=self._run, name="failures", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
 
     def _run(self) -> None:
         while not self._stop.is_set():

@@ -15,6 +15,8 @@ from collections import defaultdict
 
 import grpc
 
+from core.background import Background
+
 _COUNTS = re.compile(r"accepted (\d+), rejected (\d+)")
 UNARY_WINDOW = 1.0
 
@@ -31,22 +33,23 @@ def _counts(reply) -> tuple[int, int]:
     return (1, 0) if getattr(reply, "status", False) else (0, 1)
 
 
-class CallLog(grpc.ServerInterceptor):
+class CallLog(Background, grpc.ServerInterceptor):
     """Wraps the Users service's handlers to report each call; other services pass untouched."""
 
+    thread_name = "calllog"
+    join_seconds = 2.0
+
     def __init__(self, emit, service: str = "/Users/"):
+        super().__init__()
         self.emit = emit
         self.service = service
         self._unary: dict[str, list] = defaultdict(lambda: [0, 0, 0.0])  # peer -> [accepted, rejected, seconds]
         self._window_started = time.monotonic()
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._flusher = threading.Thread(target=self._flush_every_window, name="calllog", daemon=True)
-        self._flusher.start()
+        self.start()  # the unary window is flushed from the first call on
 
     def close(self) -> None:
-        self._stop.set()
-        self._flusher.join(timeout=2)
+        self.stop()
         self.flush()
 
     def intercept_service(self, continuation, handler_call_details):
@@ -96,7 +99,7 @@ class CallLog(grpc.ServerInterceptor):
 
         return logged
 
-    def _flush_every_window(self) -> None:
+    def _run(self) -> None:
         while not self._stop.wait(UNARY_WINDOW):
             self.flush()
 

@@ -21,6 +21,7 @@ import threading
 import time
 from pathlib import Path
 
+from core.background import Background
 from core.intake.aftermerge import merged_line
 from core.intake.quarantine import set_aside
 from core.storage.store import Store
@@ -76,16 +77,17 @@ class SourceStream:
             self.raw = None
 
 
-class Ledger:
+class Ledger(Background):
+    thread_name = "ledger"
+
     def __init__(self, store: Store, quarantine: Path | None = None, on_event=None):
+        super().__init__()
         self.store = store
         self.quarantine = Path(quarantine) if quarantine is not None else None
         self.on_event = on_event
         self._receiving: set[str] = set()
         self._followed: dict[str, tuple[str, float]] = {}
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     def emit(self, level: str, text: str, **fields) -> None:
         if self.on_event is not None:
@@ -114,6 +116,15 @@ class Ledger:
             self.release(file_id)
             raise
         return SourceStream(file_id, name, size, attempt, applied), ""
+
+    def refuse(self, name: str, damage: str, peer: str) -> str:
+        """A source its sender could not read at all (a notice): there is no content to fingerprint, so its
+        report is keyed by its name, and a later notice of the same name replaces it. Returns the report id."""
+        report_id = f"refused-{name}"
+        self.store.update_report(report_id, name=name, state="rejected", damage=damage, peer=peer,
+                                 finished_at=time.time())
+        self.emit("warning", f"{name}: {damage}", file=name, id=report_id, state="rejected")
+        return report_id
 
     def release(self, file_id: str) -> None:
         with self._lock:
@@ -194,12 +205,6 @@ class Ledger:
                 level, text, fields = merged_line(name, report, seconds)
                 self.emit(level, text, **fields)
 
-    def start(self) -> "Ledger":
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="ledger", daemon=True)
-            self._thread.start()
-        return self
-
     def _run(self) -> None:
         while not self._stop.wait(FOLLOW_INTERVAL):
             self._check_safely()
@@ -212,8 +217,5 @@ class Ledger:
 
     def stop(self) -> None:
         """Stop following; a last look first, so a file merged just now still gets its line."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
+        super().stop()
         self._check_safely()

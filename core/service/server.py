@@ -329,6 +329,8 @@ class UsersService(users_pb2_grpc.UsersServicer):
         """A stream that says what it carries: the ledger begins the file's attempt, or answers at once."""
         header = batch.header
         fingerprint = header.fingerprint
+        if not fingerprint and batch.HasField("trailer"):
+            return None, self._notice(batch, context)
         if not FILE_ID.fullmatch(fingerprint):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                           f"batch 0: header fingerprint {fingerprint[:80]!r} is not 32 lowercase hex digits")
@@ -340,6 +342,18 @@ class UsersService(users_pb2_grpc.UsersServicer):
             return None, users_pb2.IngestReport(status=True, message=f"{name}: {why}", file_id=fingerprint,
                                                 state=why)
         return source, None
+
+    def _notice(self, batch, context) -> users_pb2.IngestReport:
+        """A source its sender could not read at all: recorded as rejected under its name, nothing else read."""
+        trailer = batch.trailer
+        damage = trailer.damage.strip().splitlines()[0][:500] if trailer.damage.strip() else ""
+        if batch.users or batch.users_json or batch.record_count or trailer.records or not damage:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                          "batch 0: a header without a fingerprint is a notice: no records, a trailer with the damage")
+        name = source_name(batch.header.name or batch.source)
+        report_id = self.intake.ledger.refuse(name, damage, context.peer())
+        return users_pb2.IngestReport(status=False, message=f"{name}: rejected: {damage}", file_id=report_id,
+                                      state="rejected")
 
     def _batch(self, batch, source: SourceStream | None, tally: Tally, adhoc: str, attempts: dict[str, str],
                ranges: dict[str, Ranges], context) -> None:

@@ -34,10 +34,11 @@ DICTIONARY_CAP = 65536
 
 @functools.cache
 def lua(name: str, with_counters: bool = False) -> str:
-    """A script's source; with_counters prepends core/storage/lua/counters.lua (the Prometheus counters' helpers)."""
+    """A script's source after its preludes: core/storage/lua/checks.lua (the checks made before any write),
+    and with_counters core/storage/lua/counters.lua (the Prometheus counters' helpers)."""
     folder = resources.files("core.storage.lua")
-    source = folder.joinpath(name).read_text()
-    return folder.joinpath("counters.lua").read_text() + "\n" + source if with_counters else source
+    preludes = ["checks.lua", "counters.lua"] if with_counters else ["checks.lua"]
+    return "\n".join(folder.joinpath(part).read_text() for part in [*preludes, name])
 
 
 def bucket_of(key: str) -> int:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import redis
 
+from core.background import Background
 from core.storage.staging import STAGED_GRACE, sweep_staged
 from core.storage.store import Store
 
@@ -21,8 +22,12 @@ SWEEP_INTERVAL = STAGED_GRACE / 2
 LOGGED_BAD = 1000  # undecodable keys remembered as already logged (bounded)
 
 
-class Exporter:
+class Exporter(Background):
+    thread_name = "exporter"
+    join_seconds = 30.0  # a write of a large store in progress ends first
+
     def __init__(self, store: Store, path: Path, interval: float, on_event=None):
+        super().__init__()
         self.store = store
         self.path = Path(path)
         self.interval = interval
@@ -33,17 +38,6 @@ class Exporter:
         self._written_version = -1
         self._logged_bad: set[str] = set()
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="exporter", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread:
-            self._thread.join(timeout=30)
 
     def write(self) -> dict:
         """Export now (when changed, or when the file is missing) and return what was written."""

@@ -14,11 +14,11 @@ started, stopped or restarted here.
 
 from __future__ import annotations
 
-import threading
 import time
 
 import redis
 
+from core.background import Background
 from core.storage.broker import Broker, BrokerError
 
 INTERVAL = 0.5
@@ -32,26 +32,18 @@ def first_line(error: BaseException) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
-class RedisGuard:
+class RedisGuard(Background):
+    thread_name = "redis-guard"
+    join_seconds = 20.0
+
     def __init__(self, broker: Broker, namespace: str, on_event, on_fatal):
+        super().__init__()
         self.broker = broker
         self.probe_key = f"{namespace}:probe:guard"
         self.on_event = on_event
         self.on_fatal = on_fatal
         self.problem: str = ""  # what is wrong with Redis now, in words; "" when it answers writes
         self.restarts = 0
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> "RedisGuard":
-        self._thread = threading.Thread(target=self._run, name="redis-guard", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout=20)
 
     def _run(self) -> None:
         failures, attempt, down_since = 0, 0, 0.0

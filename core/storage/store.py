@@ -244,15 +244,18 @@ class Store:
         with self.redis.pipeline() as pipe:
             pipe.hset(self.report_key(report_id), mapping=mapping)
             pipe.zadd(self.key("files"), {report_id: time.time()})
-            self._count_outcome(pipe, fields)
             pipe.execute()
+        self._count_outcome(report_id, fields)
 
-    def _count_outcome(self, client, fields: dict) -> None:
-        """Count a file set aside (rejected) or cut short (damage) once, when its report says so."""
-        if fields.get("state") == "rejected":
-            client.hincrby(self.counters_key, "files:rejected", 1)
-        if fields.get("damage"):
-            client.hincrby(self.counters_key, "files:damaged", 1)
+    def _count_outcome(self, report_id: str, fields: dict) -> None:
+        """Count a file set aside (rejected) or cut short (damage) when its report first says so in an attempt:
+        a report written again with the same outcome (a repeated notice, a final report rewritten) is not
+        counted again; a new attempt (begin_attempt) that ends the same way is. The marker is set atomically
+        (HSETNX), so two writers of one report count it once."""
+        outcomes = (("rejected", fields.get("state") == "rejected"), ("damaged", bool(fields.get("damage"))))
+        for outcome, happened in outcomes:
+            if happened and self.redis.hsetnx(self.report_key(report_id), f"counted:{outcome}", 1):
+                self.redis.hincrby(self.counters_key, f"files:{outcome}", 1)
 
     def count_records(self, accepted: int = 0, rejected: int = 0, client=None) -> None:
         """The records:accepted / records:rejected counters (validated by the server)."""
@@ -276,7 +279,7 @@ class Store:
             if previous:
                 pipe.delete(self.report_key(report_id, "seen", previous.decode()))
             pipe.hset(report, mapping={**mapping, "attempt": attempt, "batches_done": 0})
-            pipe.hdel(report, "batches_total")
+            pipe.hdel(report, "batches_total", "counted:rejected", "counted:damaged")
             pipe.zadd(self.key("files"), {report_id: time.time()})
             pipe.execute()
         return attempt
@@ -297,7 +300,7 @@ class Store:
         self.redis.zadd(self.key("files"), {report_id: time.time()})
         attempt = attempt or self.attempt(report_id)
         keys = [self.report_key(report_id), self.report_key(report_id, "seen", attempt), self.counters_key]
-        self._count_outcome(self.redis, fields)
+        self._count_outcome(report_id, fields)
         return bool(self._finish_file(keys=keys, args=args))
 
     def report(self, report_id: str) -> dict:
@@ -467,6 +470,8 @@ def _decode_report(report_id: str, raw: dict) -> dict:
     report: dict = {"id": report_id}
     for key, value in raw.items():
         name, text = key.decode(), value.decode()
+        if name.startswith("counted:"):  # the counters' bookkeeping (Store._count_outcome), not the file's
+            continue
         if name in INT_FIELDS:
             report[name] = int(text)
         elif name in FLOAT_FIELDS:

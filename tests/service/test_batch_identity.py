@@ -182,3 +182,46 @@ def test_merged_ranges_keep_their_union_and_skip_exactly_what_it_covers(connecti
     result = store.merge_batch(report, attempt, f"{start}:{count}", store.reserve_seq(1), [], "email")
     assert result["already_merged"] == covered
     store.forget_report(report)
+
+
+def test_a_notice_records_an_unreadable_source_under_its_name(send):
+    """A header without a fingerprint plus a trailer with the damage: what the watcher sends for a FIFO, a
+    folder or a link out of the drop folder. The server is the one writer of that report too."""
+    notice = users_pb2.UserBatch(source="pipe.json", header=users_pb2.SourceHeader(name="some/where/pipe.json"),
+                                 trailer=users_pb2.SourceTrailer(records=0, damage="a FIFO, not a regular file\nmore"))
+    report = send([notice])
+    assert report.state == "rejected" and not report.status and report.file_id == "refused-pipe.json"
+    stored = send.runtime.store.report("refused-pipe.json")
+    assert stored["state"] == "rejected" and stored["name"] == "pipe.json"
+    assert stored["damage"] == "a FIFO, not a regular file"
+
+
+@pytest.mark.parametrize("fields", [dict(users_json=orjson.dumps(make_users(1, "n"))),
+                                    dict(trailer=users_pb2.SourceTrailer(records=3, damage="cut")),
+                                    dict(trailer=users_pb2.SourceTrailer(records=0, damage="  "))])
+def test_a_notice_that_carries_records_or_no_reason_is_invalid_argument(send, fields):
+    fields.setdefault("trailer", users_pb2.SourceTrailer(records=0, damage="unreadable"))
+    with pytest.raises(grpc.RpcError) as refused:
+        send([users_pb2.UserBatch(source="n.json", header=users_pb2.SourceHeader(name="n.json"), **fields)])
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "notice" in refused.value.details()
+    assert send.runtime.store.reports() == []
+
+
+def test_a_source_given_up_by_its_sender_is_rejected_and_kept_in_quarantine(send):
+    """send_rejected: header, a trailer with the reason and no records, then the bytes for the copy."""
+    import hashlib
+    import io
+
+    from core.intake.client import Source, UsersClient
+
+    data = orjson.dumps(make_users(3, "given-up"))
+    runtime = send.runtime
+    source = Source(io.BytesIO(data), len(data), hashlib.blake2b(data, digest_size=16).hexdigest(), data)
+    with UsersClient(f"127.0.0.1:{runtime.server.port}", timeout=60) as client:
+        result = client.send_rejected("given-up.json", source, "set aside after 3 failed attempts: a bug")
+        again = client.send_rejected("copy.json", source, "set aside after 3 failed attempts: a bug")
+    assert result.state == "rejected" and again.state == "already ingested"
+    report = runtime.store.report(source.fingerprint)
+    assert report["state"] == "rejected" and report["damage"].startswith("set aside after 3")
+    assert (runtime.settings.data_dir / "quarantine" / "given-up.json").read_bytes() == data
+    assert runtime.store.count() == 0

@@ -292,7 +292,7 @@ def test_export_threads_end_with_the_walk(connection, namespace):
 
 
 def test_a_report_id_made_from_a_file_name_cannot_name_another_reports_keys(connection, namespace):
-    """The watcher files a refused symlink as "refused-<name>": a name like "x:done" must stay its own report."""
+    """A refused entry is filed as "refused-<name>" (Ledger.refuse): a name like "x:done" must stay its own report."""
     store = Store(connection, namespace)
     store.update_report("refused-x", name="x", state="rejected")
     store.update_report("refused-x:done", name="x:done", state="rejected")
@@ -316,3 +316,15 @@ def test_any_key_of_the_wrong_type_stops_a_merge_before_its_first_write(connecti
     assert key == "users:count" or store.count() == 0
     assert connection.type(store.key("file", "f", "done")) in (b"none", b"list")
     assert not connection.exists(store.key("version"))
+
+
+def test_a_file_is_counted_rejected_or_damaged_once_per_attempt(connection, namespace):
+    """files:rejected counts a report's transition, not every write that repeats it (a notice sent again)."""
+    store = Store(connection, namespace)
+    for _ in range(3):
+        store.update_report("refused-pipe.json", name="pipe.json", state="rejected", damage="a FIFO")
+    assert store.counters() == {"files:rejected": 1.0, "files:damaged": 1.0}
+    assert "counted:rejected" not in store.report("refused-pipe.json")
+    store.begin_attempt("refused-pipe.json", name="pipe.json", state="streaming")
+    store.finish_report("refused-pipe.json", 0, state="rejected", damage="a FIFO again")
+    assert store.counters() == {"files:rejected": 2.0, "files:damaged": 2.0}

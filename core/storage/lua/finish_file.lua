@@ -2,11 +2,9 @@
 -- KEYS: 1 file report, 2 counted-ranges set of the attempt, 3 Prometheus counters (core/storage/lua/counters.lua).
 -- ARGV: 1 batches_total, then field, value pairs.
 -- Every check comes before the first write, so a refusal leaves the report as it was.
+local expect = checks('finish')
 for i, kind in ipairs({'hash', 'set'}) do
-  local found = redis.call('TYPE', KEYS[i])['ok']
-  if found ~= 'none' and found ~= kind then
-    return error('finish refused: ' .. KEYS[i] .. ' is a ' .. found .. ', expected a ' .. kind)
-  end
+  expect(KEYS[i], kind)
 end
 if not string.match(ARGV[1] or '', '^%d+$') or #ARGV % 2 ~= 1 then
   return error('finish refused: batches_total must be a count, then field, value pairs')

@@ -3,11 +3,9 @@
 -- KEYS: 1 string -> index hash, 2 index -> string list, 3 epoch.  ARGV: 1 cap, 2 epoch to make, then strings
 -- Returns the epoch, then one index per string (-1: the dictionary is full, keep the string literal).
 -- Every check comes before the first write.
+local expect = checks('intern')
 for i, kind in ipairs({'hash', 'list', 'string'}) do
-  local found = redis.call('TYPE', KEYS[i])['ok']
-  if found ~= 'none' and found ~= kind then
-    return error('intern refused: ' .. KEYS[i] .. ' is a ' .. found .. ', expected a ' .. kind)
-  end
+  expect(KEYS[i], kind)
 end
 local cap = tonumber(ARGV[1])
 if not cap then

@@ -28,17 +28,7 @@ local version, report, applied, count = KEYS[1], KEYS[2], KEYS[3], KEYS[7]
 local mode, prefix = ARGV[1], ARGV[5]
 
 -- 1. preconditions: every check and every read, no write ------------------------------------------
-local function expect(key, kind)
-  local found = redis.call('TYPE', key)['ok']
-  if found ~= 'none' and found ~= kind then
-    return error('merge refused: ' .. key .. ' is a ' .. found .. ', expected a ' .. kind)
-  end
-end
-local function integer(value, what)
-  if value and not string.match(value, '^%-?%d+$') then
-    return error('merge refused: ' .. what .. ' holds ' .. value .. ', not an integer')
-  end
-end
+local expect, integer = checks('merge')
 if mode ~= 'batch' and mode ~= 'drain' and mode ~= 'load' then
   return error('merge refused: unknown mode ' .. tostring(mode))
 end

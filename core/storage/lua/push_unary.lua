@@ -6,12 +6,7 @@
 -- ARGV: 1 bucket, 2 key, 3 array (core/storage/codec.py), 4 flag ttl (s), 5 dictionary epoch the array uses or ""
 -- Answers -1, pushing nothing, when that epoch is gone (the namespace was cleared).
 -- Every check comes before the first write, so a refusal leaves nothing behind.
-local function expect(key, kind)
-  local found = redis.call('TYPE', key)['ok']
-  if found ~= 'none' and found ~= kind then
-    return error('unary push refused: ' .. key .. ' is a ' .. found .. ', expected a ' .. kind)
-  end
-end
+local expect = checks('unary push')
 local bucket, ttl = tonumber(ARGV[1]), tonumber(ARGV[4])
 if not bucket or not ttl or #ARGV ~= 5 then
   return error('unary push refused: bucket and flag ttl must be numbers')
