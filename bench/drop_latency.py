@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -116,9 +117,12 @@ def main(argv=None) -> int:
                 process.kill()
                 process.wait()
             log.close()
+        merged = re.findall(rb"merged: .*? in ([0-9.]+) s", (scratch / "console.log").read_bytes())
     for line in machine.describe("embedded (the instance's own)"):
         print(line)
     print("latencies (ms): " + ", ".join(f"{s * 1000:.0f}" for s in latencies))
+    print("of which read to merged, as the instance logs it (ms): "
+          + ", ".join(f"{float(s) * 1000:.0f}" for s in merged[-len(latencies):]))
     print(f"{len(latencies)} drops of {args.users:,} users onto {args.preload:,} stored: "
           f"p50 {percentile(latencies, 0.5) * 1000:.0f} ms, p99 {percentile(latencies, 0.99) * 1000:.0f} ms, "
           f"max {max(latencies) * 1000:.0f} ms")
