@@ -202,7 +202,7 @@ class UsersClient:
                 index += 1
 
         try:
-            for part in reader.parts(batch_size):
+            for part in _within_budget(reader.parts(batch_size)):
                 if part.__class__ is RawBatch:  # records as read, checked by the reader: sent as they are
                     if pending:
                         yield from flush()
@@ -248,6 +248,16 @@ class UsersClient:
 
     def send_unary(self, user: dict) -> users_pb2.UserResponse:
         return self.stub.SendUserInfo(users_pb2.UserRequest(**user), timeout=self.timeout)
+
+
+def _within_budget(parts):
+    """The reader's parts, a RawBatch over the message budget as its records one by one (never in practice: the
+    reader's RAW_BATCH_BYTES is under it), so the budget and its rejection of a record too large hold alike."""
+    for part in parts:
+        if part.__class__ is RawBatch and len(part.payload) > MAX_BATCH_BYTES:
+            yield from enumerate(part.records(), start=part.first)
+        else:
+            yield part
 
 
 def _payloads(records: list, first: int):

@@ -188,15 +188,6 @@ def _sound(region: bytes, raws: list) -> bool:
     return opens - max(containers - 1, 0) <= MAX_DEPTH
 
 
-def _records_of(batch: RawBatch) -> list:
-    """A RawBatch's records for a caller that wants them one by one; a record msgspec refuses to decode
-    (a number out of range) is a RecordError, the others are kept."""
-    try:
-        return batch.records()
-    except msgspec.DecodeError:
-        return split_records(batch.payload)
-
-
 def _odd_backslashes(data: bytes, start: int) -> bool:
     """Whether `data` ends in an odd run of backslashes (after `start`): the next byte is escaped."""
     run = len(data) - len(data.rstrip(b"\\"))
@@ -215,14 +206,13 @@ class RawBatch:
         self.first, self.count, self.payload = first, count, payload
 
     def records(self) -> list:
-        """The records decoded (the one decode on the client's side is the server's, for a RawBatch sent on)."""
-        return decode_records(self.payload)
-
-
-def decode_records(payload: bytes) -> list:
-    """A JSON array's values, by the same parser family that cut it (msgspec): numbers it refuses to decode
-    (out of a double's range: 1e400) fail the array with msgspec.DecodeError."""
-    return msgspec.json.decode(payload)
+        """The records decoded, for a caller that wants them one by one (a RawBatch sent on is decoded by the
+        server alone). A record msgspec refuses to decode (a number out of a double's range: 1e400) is a
+        RecordError saying so; the others are kept."""
+        try:
+            return msgspec.json.decode(self.payload)
+        except (msgspec.DecodeError, RecursionError):
+            return split_records(self.payload)
 
 
 class _Resumed:
@@ -268,7 +258,7 @@ class SourceReader:
     def __iter__(self) -> Iterator[tuple[int, object]]:
         for part in self.parts():
             if part.__class__ is RawBatch:
-                yield from enumerate(_records_of(part), start=part.first)
+                yield from enumerate(part.records(), start=part.first)
             else:
                 yield part
 
