@@ -177,7 +177,8 @@ class Runtime:
             intake.drain_leftovers()
             self.emit("info", f"gRPC: serving Users on {self.server.address}"
                               f"{' with TLS' if s.tls else ''}{' with a token' if s.token else ''}")
-            self.exporter = Exporter(self.store, s.output_path, s.export_interval, on_event=self.emit)
+            self.exporter = Exporter(self.store, s.output_path, s.export_interval, on_event=self.emit,
+                                     idle=self._merges_idle)
             if self.watch:  # --once writes the file once, at the end: exporting meanwhile only costs time
                 self.exporter.start()
             self.client = UsersClient(self._client_target(), tls_ca=s.tls_cert, token=s.token,
@@ -337,6 +338,13 @@ class Runtime:
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"{len(pending)} file(s) not merged in time")
             time.sleep(0.1)
+
+    def _merges_idle(self) -> bool:
+        """No stream open on our server and no batch queued or being merged: the last merge has landed (for the
+        exporter, which then writes at once instead of waiting to see whether more merges come)."""
+        if self.server is not None and self.server.service.open_streams:
+            return False
+        return len(self.queue) == 0 and self.queue.started_job_registry.count == 0
 
     def run_once(self) -> Summary:
         """Ingest every file now in the watched folder, wait for the merge, write all_users.json."""

@@ -74,3 +74,43 @@ def test_nesting_exceeds_counts_levels_without_recursion():
     assert not nesting_exceeds(_nest(MAX_DEPTH)) and nesting_exceeds(_nest(MAX_DEPTH + 1))
     assert not nesting_exceeds("text") and not nesting_exceeds({}, 1) and nesting_exceeds({"a": []}, 1)
     assert nesting_exceeds(_nest(50_000))  # far past Python's recursion limit
+
+
+# -- the typed fast path (normalise_json) against normalise ---------------------------------------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from core.records import USER_FIELDS, normalise_json  # noqa: E402
+
+_VALUE = (st.none() | st.booleans() | st.integers(-(2**40), 2**40) | st.floats(allow_nan=False, allow_infinity=False)
+          | st.text(st.sampled_from(" \t\n\u2028\xa0aé😀@.\\\""), max_size=6) | st.lists(st.integers(-(2**63), 2**63 - 1), max_size=2))
+_RECORD = st.dictionaries(st.sampled_from(list(USER_FIELDS) + ["extra", "ID"]), _VALUE, max_size=10) | _VALUE
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(_RECORD, max_size=6))
+def test_the_typed_fast_path_gives_normalise_s_users_or_steps_aside(records):
+    import orjson
+
+    try:
+        expected = [normalise(r) for r in records]
+    except RecordError:
+        expected = None
+    got = normalise_json(orjson.dumps(records))
+    assert got is None or got == expected
+    if expected is not None and all(isinstance(r, dict) and r.get("email") for r in records):
+        assert got == expected  # the common case is not left to the slow path
+
+
+def test_the_typed_fast_path_takes_ordinary_users():
+    import orjson
+
+    from tests.conftest import make_users
+
+    users = make_users(50, "fast")
+    users[3]["email"] = "  Padded@Example.org\t"
+    users[4]["first_name"] = None
+    del users[5]["agent"]
+    assert normalise_json(orjson.dumps(users)) == [normalise(u) for u in users]
+    assert normalise_json(b'[{"email": "a@b.c", "x": "\xff"}]') is None  # invalid UTF-8 anywhere: the slow path

@@ -14,7 +14,7 @@ import grpc
 import orjson
 
 from core.intake.dropfiles import fingerprint
-from core.intake.ingest import WHOLE_FILE_BYTES, SourceReader
+from core.intake.ingest import WHOLE_FILE_BYTES, RawBatch, SourceReader
 from core.records import RecordError
 from core.service import security
 from core.service.ledger import RAW_CHUNK_BYTES, RAW_LIMIT_BYTES
@@ -183,6 +183,8 @@ class UsersClient:
                  source: Source) -> Iterator[users_pb2.UserBatch]:
         """Records go to the server as read: it validates each one (it must, whoever the client is) and
         reports rejections by record number, which stay exact because every record of a batch is sent.
+        Where the reader hands over a RawBatch, its text is the message's users_json (no decode, no encode here);
+        single records (JSON Lines, or what the streaming parser read) are encoded in batches as before.
         The header rides on the first message, the trailer on a message of its own after the last batch."""
         index = 0
         pending: list = []
@@ -200,7 +202,21 @@ class UsersClient:
                 index += 1
 
         try:
-            for number, record in reader:
+            for part in _within_budget(reader.parts(batch_size)):
+                if part.__class__ is RawBatch:  # records as read, checked by the reader: sent as they are
+                    if pending:
+                        yield from flush()
+                        pending = []
+                    result.records = part.first + part.count
+                    yield users_pb2.UserBatch(users_json=part.payload, source=result.source, index=index,
+                                              first_record=part.first, source_bytes=reader.position,
+                                              header=opening.pop() if opening else None)
+                    index += 1
+                    if on_progress:
+                        result.read_bytes = reader.position
+                        on_progress(result)
+                    continue
+                number, record = part
                 if not pending:
                     first = number
                 result.records = number + 1
@@ -232,6 +248,16 @@ class UsersClient:
 
     def send_unary(self, user: dict) -> users_pb2.UserResponse:
         return self.stub.SendUserInfo(users_pb2.UserRequest(**user), timeout=self.timeout)
+
+
+def _within_budget(parts):
+    """The reader's parts, a RawBatch over the message budget as its records one by one (never in practice: the
+    reader's RAW_BATCH_BYTES is under it), so the budget and its rejection of a record too large hold alike."""
+    for part in parts:
+        if part.__class__ is RawBatch and len(part.payload) > MAX_BATCH_BYTES:
+            yield from enumerate(part.records(), start=part.first)
+        else:
+            yield part
 
 
 def _payloads(records: list, first: int):

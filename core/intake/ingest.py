@@ -1,8 +1,11 @@
 """Read one input file as a stream of records: a JSON array or JSON Lines, salvaging damaged input.
 
-Files are read incrementally (ijson's C backend for arrays, line by line for JSON Lines) so memory
-stays flat whatever the file size. Damage never throws the good records away: everything complete
-before it is yielded, and `damage` says where and why the file broke.
+Files are read incrementally so memory stays flat whatever the file size: an array a megabyte at a time,
+cut at record boundaries and split into records at C speed (msgspec), its records handed on as the text
+they were read as (RawBatch: the client sends it unchanged, so no record is decoded and encoded again on
+the way); anything that path cannot vouch for, from the record where it stops, through ijson's streaming
+parser (C backend) with its guard; JSON Lines line by line. Damage never throws the good records away:
+everything complete before it is yielded, and `damage` says where and why the file broke.
 """
 
 from __future__ import annotations
@@ -15,15 +18,28 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import ijson
+import msgspec
 import orjson
 
-from core.records import MAX_DEPTH, MAX_TOKEN_BYTES, RecordError, nesting_exceeds
+from core.records import MAX_DEPTH, MAX_TOKEN_BYTES, RecordError, nesting_exceeds, split_records
 
 LINE_SUFFIXES = (".jsonl", ".ndjson")
 BOM = b"\xef\xbb\xbf"
 READ_CHUNK = 64 * 1024
-# Files up to this size are parsed in one go when sound; memory stays well within bounds at this size.
+# Files up to this size are read into memory whole by the client (one read serves fingerprint and parse).
 WHOLE_FILE_BYTES = 8 * 1024 * 1024
+# The array fast path reads this much at a time (0: every array goes through the streaming parser) ...
+FAST_CHUNK = 1024 * 1024
+# ... and gives up (the streaming parser takes over) when this much holds no record boundary it can use: a
+# record that large is rare and hostile, and the guard's limits (depth, string length) are the streaming
+# path's. Below MAX_TOKEN_BYTES, so no string the guard would refuse gets through here.
+FAST_MAX_PENDING = 4 * 1024 * 1024
+# A RawBatch's text stays under this (halved until it does), well under the client's batch message budget.
+RAW_BATCH_BYTES = 4 * 1024 * 1024
+# How many closing braces, from the end of what was read, may be tried as the end of the last whole record.
+FAST_CUT_TRIES = 8
+_RAW_RECORDS = msgspec.json.Decoder(list[msgspec.Raw])
+_OPENING = frozenset(b"[{")
 
 
 # The streaming parser sees at most this many levels: the top-level array, then a record of MAX_DEPTH.
@@ -139,10 +155,82 @@ class _Guard:
         return len(data)  # not reached: _passes_limit said it is
 
 
+def _whole_records(pending: bytes) -> tuple[list | None, int]:
+    """The records that end before the last usable closing brace of `pending` (which starts where a record
+    may start), and the length they take; (None, 0) when none is found. A cut that parses as "[" + cut + "]"
+    is exactly at the end of a top-level record: JSON parses left to right, so a cut inside a string or a
+    nested value leaves something open."""
+    cut = pending.rfind(b"}")
+    for _ in range(FAST_CUT_TRIES):
+        if cut < 0:
+            break
+        try:
+            return _RAW_RECORDS.decode(b"[" + pending[:cut + 1] + b"]"), cut + 1
+        except (msgspec.DecodeError, RecursionError):  # msgspec stops past ~1,000 levels
+            cut = pending.rfind(b"}", 0, cut)
+    return None, 0
+
+
+def _sound(region: bytes, raws: list) -> bool:
+    """Whether the records of `region` are what the streaming parser would pass: valid UTF-8 (msgspec skips
+    strings without checking it) and no record nested deeper than MAX_DEPTH. A record nests at most as deep
+    as it has opening brackets, and every other record that is an array or object has one at least, so the
+    count over the region bounds the deepest record without walking any of them."""
+    if not region.isascii():
+        try:
+            region.decode()
+        except UnicodeDecodeError:
+            return False
+    opens = region.count(b"{") + region.count(b"[")
+    if opens <= MAX_DEPTH:
+        return True
+    containers = sum(1 for raw in raws if memoryview(raw)[0] in _OPENING)
+    return opens - max(containers - 1, 0) <= MAX_DEPTH
+
+
 def _odd_backslashes(data: bytes, start: int) -> bool:
     """Whether `data` ends in an odd run of backslashes (after `start`): the next byte is escaped."""
     run = len(data) - len(data.rstrip(b"\\"))
     return min(run, len(data) - start) % 2 == 1
+
+
+class RawBatch:
+    """Records `first` to `first + count - 1` of a source, as one JSON array of the text they were read as.
+
+    Every record in it is well-formed JSON of at most MAX_DEPTH levels in valid UTF-8: what the streaming
+    parser would have yielded, unchanged (whitespace between records aside)."""
+
+    __slots__ = ("first", "count", "payload")
+
+    def __init__(self, first: int, count: int, payload: bytes):
+        self.first, self.count, self.payload = first, count, payload
+
+    def records(self) -> list:
+        """The records decoded, for a caller that wants them one by one (a RawBatch sent on is decoded by the
+        server alone). A record msgspec refuses to decode (a number out of a double's range: 1e400) is a
+        RecordError saying so; the others are kept."""
+        try:
+            return msgspec.json.decode(self.payload)
+        except (msgspec.DecodeError, RecursionError):
+            return split_records(self.payload)
+
+
+class _Resumed:
+    """The rest of a source after `prefix`, read as a file: the streaming parser resumes where the fast path
+    stopped, seeing "[" and the records from there (its byte counts are then offsets from that "[")."""
+
+    def __init__(self, prefix: bytes, handle):
+        self.prefix = prefix
+        self.handle = handle
+
+    def read(self, size: int = -1) -> bytes:
+        if self.prefix:
+            if size < 0:
+                data, self.prefix = self.prefix + self.handle.read(), b""
+            else:
+                data, self.prefix = self.prefix[:size], self.prefix[size:]
+            return data
+        return self.handle.read(size)
 
 
 class SourceReader:
@@ -161,7 +249,6 @@ class SourceReader:
         self.size = 0
         self._position = 0
         self._guard: _Guard | None = None
-        self._whole = False
 
     @property
     def position(self) -> int:
@@ -169,6 +256,15 @@ class SourceReader:
         return self._guard.consumed if self._guard is not None else self._position
 
     def __iter__(self) -> Iterator[tuple[int, object]]:
+        for part in self.parts():
+            if part.__class__ is RawBatch:
+                yield from enumerate(part.records(), start=part.first)
+            else:
+                yield part
+
+    def parts(self, batch_size: int = 1000) -> Iterator[RawBatch | tuple[int, object]]:
+        """The source as RawBatches of up to `batch_size` records, where the fast path reads it, and single
+        `(record_number, record_or_error)` pairs elsewhere; record numbers run on without a gap."""
         if self._handle is not None:
             self._handle.seek(0)
         with nullcontext(self._handle) if self._handle is not None else open(self.path, "rb") as handle:
@@ -187,36 +283,86 @@ class SourceReader:
             if self.path.suffix.lower() in LINE_SUFFIXES or (first == b"{" and _looks_like_lines(body)):
                 yield from self._lines(handle)
             elif first == b"[":
-                yield from self._small_array(handle) if self.size <= WHOLE_FILE_BYTES else ()
-                if self.records == 0 and not self._whole:
-                    handle.seek(start)
+                if FAST_CHUNK > 0:
+                    yield from self._fast_array(handle, start, batch_size)
+                else:
                     yield from self._array(handle, start)
             elif first == b"{":
                 self.damage = "top-level JSON object; expected an array of users or JSON Lines"
             else:
                 self.damage = f"not JSON: starts with {_show(body.lstrip()[:12])}"
 
-    def _small_array(self, handle) -> Iterator[tuple[int, object]]:
-        """A small, sound file in one orjson call (3x faster than streaming); anything else streams."""
-        data = handle.read(WHOLE_FILE_BYTES + 1)
-        if len(data) > WHOLE_FILE_BYTES:
-            return  # it grew since we looked: stream it
-        try:
-            records = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            return  # damaged: the streaming parser salvages the records before the damage
-        if not isinstance(records, list):
+    def _fast_array(self, handle, start: int, batch_size: int) -> Iterator[RawBatch | tuple[int, object]]:
+        """An array read FAST_CHUNK at a time and cut after its last whole record: msgspec checks the records
+        and splits them (without decoding them) in one call, and they go out as RawBatches. Whatever this path
+        cannot vouch for (a record nested too deep, invalid UTF-8, a record whose end it cannot find, damage,
+        anything after the array) goes, from the first record not yet yielded, to the streaming parser, which
+        keeps every record before it and says what is wrong as it always has."""
+        pending = handle.read(FAST_CHUNK)
+        eof = not pending
+        pending = pending.lstrip()[1:]  # after the "[" (__iter__ saw it there)
+        offset = handle.tell() - len(pending)  # the file offset of pending[0]
+        carry: list = []  # records checked but not yet yielded (less than a batch)
+        expect_comma = False  # after a record: "," or the closing "]" comes next
+        while True:
+            stripped = pending.lstrip()
+            closing = stripped[:1] == b"]" and (expect_comma or (self.records == 0 and not carry))
+            if (not stripped or (closing and not stripped[1:].strip())) and not eof:
+                if len(pending) > FAST_MAX_PENDING:  # whitespace without end: the streaming parser's
+                    break
+                more = handle.read(FAST_CHUNK)  # more to decide on (what follows a closing "]" too)
+                eof = not more
+                pending += more
+                continue
+            if closing:
+                if not stripped[1:].strip():  # the array's end, and nothing after it but whitespace
+                    yield from self._raw_batches(carry, batch_size)
+                    self._position = self.size
+                    return
+                break  # something after the array: the streaming parser says what
+            if expect_comma:
+                if stripped[:1] != b",":
+                    break  # damage after a record, or the file ends: the streaming parser says which
+                offset += len(pending) - len(stripped) + 1
+                pending, expect_comma = stripped[1:], False
+                continue
+            raws, cut = _whole_records(pending)
+            if raws is None:
+                if eof or len(pending) > FAST_MAX_PENDING:
+                    break
+                more = handle.read(FAST_CHUNK)
+                eof = not more
+                pending += more
+                continue
+            if not _sound(pending[:cut], raws):
+                break
+            carry += raws
+            pending, offset, expect_comma = pending[cut:], offset + cut, True
+            self._position = offset  # read and checked so far (a progress bar's figure)
+            if len(carry) >= batch_size:
+                whole = len(carry) - len(carry) % batch_size
+                yield from self._raw_batches(carry[:whole], batch_size)
+                del carry[:whole]
+        yield from self._raw_batches(carry, batch_size)
+        self._position = offset
+        # The streaming parser sees "[" then the rest from the first record not yet yielded, so its byte
+        # counts, from start = offset - 1, are offsets in the file.
+        yield from self._array(_Resumed(b"[" + pending, handle), offset - 1)
+
+    def _raw_batches(self, raws: list, batch_size: int) -> Iterator[RawBatch]:
+        for at in range(0, len(raws), batch_size):
+            yield from self._raw_batch(raws[at:at + batch_size])
+
+    def _raw_batch(self, raws: list) -> Iterator[RawBatch]:
+        payload = b"[" + b",".join(raws) + b"]"
+        if len(payload) > RAW_BATCH_BYTES and len(raws) > 1:
+            half = len(raws) // 2
+            yield from self._raw_batch(raws[:half])
+            yield from self._raw_batch(raws[half:])
             return
-        try:
-            # orjson decodes 1,024 levels but encodes 254: a record nested deeper than MAX_DEPTH would fail
-            # in its batch, so such a file streams, and the guard stops it at that record.
-            orjson.dumps(records)
-        except orjson.JSONEncodeError:
-            return
-        self._whole = True
-        self._position = self.size
-        for self.records, record in enumerate(records, start=1):
-            yield self.records - 1, record
+        batch = RawBatch(self.records, len(raws), payload)
+        self.records += len(raws)
+        yield batch
 
     def _array(self, handle, start: int) -> Iterator[tuple[int, object]]:
         guard = self._guard = _Guard(handle)

@@ -158,8 +158,10 @@ class Watcher:
     def _watch(self) -> None:
         scanned_at = 0.0
         try:
+            # step: how long watchfiles waits for more changes before it yields (50 ms by default); a file renamed
+            # in is one event, and a file still being written is held by the stability check anyway.
             for changes in watchfiles.watch(self.folder, stop_event=self._stop, force_polling=self.poll or None,
-                                            yield_on_timeout=True, rust_timeout=200, debounce=100,
+                                            yield_on_timeout=True, rust_timeout=200, debounce=100, step=10,
                                             recursive=False, raise_interrupt=False):
                 for change, name in changes:
                     if change != watchfiles.Change.deleted:

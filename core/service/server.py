@@ -18,6 +18,7 @@ from concurrent import futures
 from pathlib import Path
 
 import grpc
+import msgspec
 import orjson
 import redis
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -25,7 +26,7 @@ from grpc_reflection.v1alpha import reflection
 
 from core.config import join_address, parse_address
 from core.queue.taskqueue import enqueue_batch, enqueue_drain
-from core.records import RecordError, normalise
+from core.records import RecordError, normalise, normalise_json, split_records
 from core.service import security
 from core.service.admission import DEFAULT_IDLE_TIMEOUT, MAX_BATCH_USERS, RESERVED_THREADS, Admission
 from core.service.backpressure import StagedBytes
@@ -107,6 +108,22 @@ def source_name(text: str) -> str:
     name = Path(text.replace("\\", "/")).name
     name = "".join(c if c.isprintable() else "?" for c in name)[:200]
     return name if name not in ("", ".", "..") else "unnamed"
+
+
+def users_of(payload: bytes) -> list:
+    """users_json's records, or BadBatch when it is not a JSON array. An array whose records do not all decode
+    (a number out of range, invalid UTF-8 in one string) is split, so only those records are rejected (each a
+    RecordError, which normalise raises)."""
+    try:
+        records = orjson.loads(payload)
+    except orjson.JSONDecodeError as error:
+        try:
+            return split_records(payload)
+        except (msgspec.DecodeError, RecursionError):
+            raise BadBatch(f"users_json: {error}") from None
+    if not isinstance(records, list):
+        raise BadBatch("users_json is not a JSON array")
+    return records
 
 
 def user_from_pb(message: users_pb2.UserRequest) -> dict:
@@ -342,30 +359,32 @@ class UsersService(users_pb2_grpc.UsersServicer):
                ranges: dict[str, Ranges], context) -> None:
         """Decode, check, validate and queue one batch; a range the file merged before is only counted."""
         records: list = [user_from_pb(u) for u in batch.users]
+        # users_json whose records are all valid users: decoded and validated in one typed pass (valid is then
+        # the users, in order); anything else record by record below, for the exact reason of each rejection.
+        valid = normalise_json(batch.users_json) if batch.users_json and not records else None
         try:
-            if batch.users_json:
-                extra = orjson.loads(batch.users_json)
-                if not isinstance(extra, list):
-                    raise BadBatch("users_json is not a JSON array")
-                records.extend(extra)
-            span = batch_span(batch, len(records), tally.batches, ranges,
+            if batch.users_json and valid is None:
+                records.extend(users_of(batch.users_json))
+            span = batch_span(batch, len(valid) if valid is not None else len(records), tally.batches, ranges,
                               source.file_id if source is not None else None)
-        except (BadBatch, orjson.JSONDecodeError) as error:
+        except BadBatch as error:
             # Batches before this one are queued and stay (idempotent on a resend); nothing after it is read.
-            where = "users_json: " if isinstance(error, orjson.JSONDecodeError) else ""
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"batch {tally.batches}: {where}{error}")
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"batch {tally.batches}: {error}")
+        if valid is not None:
+            records = valid
         if source is not None:
             end = batch.first_record + (batch.record_count or len(records))
             if source.covers(batch.first_record, end):
                 # Merged before this stream began (a resume): counted for the report, never staged again.
-                tally.accepted += len(self.intake.validate(records, batch.first_record, tally, count=False))
+                tally.accepted += len(valid if valid is not None else
+                                      self.intake.validate(records, batch.first_record, tally, count=False))
                 return
             report_id, progress = source.file_id, {"records": end, "read_bytes": batch.source_bytes}
         else:
             report_id, progress = batch.file_id or adhoc, None
             if report_id not in attempts:
                 attempts[report_id] = self.intake.store.attempt(report_id)
-        users = self.intake.validate(records, batch.first_record, tally)
+        users = valid if valid is not None else self.intake.validate(records, batch.first_record, tally)
         self.intake.hold(context)
         self.intake.enqueue(report_id, attempts[report_id], batch.source or "stream", span, users, progress)
         tally.accepted += len(users)

@@ -18,6 +18,8 @@ from core.storage.staging import STAGED_GRACE, sweep_staged
 from core.storage.store import Store
 
 SETTLE = 0.2
+# How often the version is looked at (one GET). A quiet pipeline's last merge reaches the file within this.
+POLL = 0.02
 SWEEP_INTERVAL = STAGED_GRACE / 2
 LOGGED_BAD = 1000  # undecodable keys remembered as already logged (bounded)
 
@@ -26,8 +28,11 @@ class Exporter(Background):
     thread_name = "exporter"
     join_seconds = 30.0  # a write of a large store in progress ends first
 
-    def __init__(self, store: Store, path: Path, interval: float, on_event=None):
+    def __init__(self, store: Store, path: Path, interval: float, on_event=None, idle=None):
+        """idle(): True when no stream is open and no batch is queued or being merged. Then a change is written
+        at once; otherwise it waits for SETTLE of quiet (or its turn while merges keep coming)."""
         super().__init__()
+        self.idle = idle or (lambda: False)
         self.store = store
         self.path = Path(path)
         self.interval = interval
@@ -78,7 +83,7 @@ class Exporter(Background):
 
     def _loop(self) -> None:
         seen, changed_at, written_at, swept_at = -1, 0.0, 0.0, 0.0
-        while not self._stop.wait(0.1):
+        while not self._stop.wait(POLL):
             try:
                 version = self.store.version()
             except redis.RedisError:
@@ -94,7 +99,7 @@ class Exporter(Background):
                 continue
             # Writing 100k users takes a while: never spend more than a quarter of the time exporting.
             due = max(self.interval, 4 * self.last_seconds)
-            if now - changed_at >= SETTLE or now - written_at >= due:
+            if now - changed_at >= SETTLE or now - written_at >= due or self.idle():
                 try:
                     self.write()
                     written_at = time.monotonic()

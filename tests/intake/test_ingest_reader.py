@@ -30,11 +30,15 @@ def read(path: Path) -> tuple[list, str | None]:
     return records, reader.damage
 
 
-@pytest.fixture(params=["whole", "streamed"])
+@pytest.fixture(params=["fast", "fast-tiny-chunks", "streamed"])
 def path_kind(request, monkeypatch):
-    """Each test runs on both paths: one orjson call (small sound files) and the streaming parser."""
+    """Each test runs on every path: the fast path (msgspec cuts a chunk after its last whole record), the same
+    with chunks of a few bytes (every record boundary, and every place that is not one, is tried), and the
+    streaming parser alone."""
     if request.param == "streamed":
-        monkeypatch.setattr(core.intake.ingest, "WHOLE_FILE_BYTES", 0)
+        monkeypatch.setattr(core.intake.ingest, "FAST_CHUNK", 0)
+    elif request.param == "fast-tiny-chunks":
+        monkeypatch.setattr(core.intake.ingest, "FAST_CHUNK", 7)
     return request.param
 
 
@@ -76,7 +80,7 @@ def test_a_string_over_the_limit_across_many_chunks_is_refused_and_earlier_recor
     users = make_users(3, "long")
     users[2]["agent"] = "\\" * 600  # 1,200 bytes escaped
     path.write_bytes(orjson.dumps(users))
-    monkeypatch.setattr(core.intake.ingest, "WHOLE_FILE_BYTES", 0)
+    monkeypatch.setattr(core.intake.ingest, "FAST_CHUNK", 0)  # the streaming parser's limit
     records, damage = read(path)
     assert records == users[:2] and damage.startswith("record 3 holds a string over")
 
@@ -149,12 +153,12 @@ def assert_one_line(damage):
 def test_any_json_value_is_read_without_raising(tmp_path_factory, value, suffix, streamed):
     path = tmp_path_factory.mktemp("any") / f"value{suffix}"
     path.write_bytes(orjson.dumps(value))
-    original = core.intake.ingest.WHOLE_FILE_BYTES
-    core.intake.ingest.WHOLE_FILE_BYTES = 0 if streamed else original
+    original = core.intake.ingest.FAST_CHUNK
+    core.intake.ingest.FAST_CHUNK = 0 if streamed else original
     try:
         records, damage = read(path)
     finally:
-        core.intake.ingest.WHOLE_FILE_BYTES = original
+        core.intake.ingest.FAST_CHUNK = original
     assert_one_line(damage)
     if suffix == ".json" and isinstance(value, list):
         assert damage is None and records == value
@@ -182,12 +186,12 @@ def test_strings_and_escapes_across_every_chunk_boundary(tmp_path_factory, users
         inner.extend(["[\\", deeper])
         inner = deeper
     path.write_bytes(orjson.dumps(users + [deep]))
-    original = (core.intake.ingest.WHOLE_FILE_BYTES, core.intake.ingest.READ_CHUNK)
-    core.intake.ingest.WHOLE_FILE_BYTES, core.intake.ingest.READ_CHUNK = 0, chunk
+    original = (core.intake.ingest.FAST_CHUNK, core.intake.ingest.READ_CHUNK)
+    core.intake.ingest.FAST_CHUNK, core.intake.ingest.READ_CHUNK = 0, chunk
     try:
         records, damage = read(path)
     finally:
-        core.intake.ingest.WHOLE_FILE_BYTES, core.intake.ingest.READ_CHUNK = original
+        core.intake.ingest.FAST_CHUNK, core.intake.ingest.READ_CHUNK = original
     assert damage is None and records == users + [deep]
 
 
@@ -241,3 +245,84 @@ def test_a_record_the_encoder_refuses_is_rejected_alone_never_its_batch():
     sent = list(_payloads(batch, 10))
     assert [(start, why is None) for _, start, why in sent] == [(10, True), (11, False), (12, True)]
     assert "cannot be encoded" in sent[1][2] and sent[1][0] is None
+
+
+# -- the fast path against the streaming parser -----------------------------------------------------------------
+
+def read_with(path: Path, fast_chunk: int) -> tuple[list, str | None]:
+    original = core.intake.ingest.FAST_CHUNK
+    core.intake.ingest.FAST_CHUNK = fast_chunk
+    try:
+        return read(path)
+    finally:
+        core.intake.ingest.FAST_CHUNK = original
+
+
+@settings(max_examples=15, deadline=None)
+@given(users=st.lists(USER, min_size=1, max_size=4), chunk=st.integers(1, 40))
+def test_the_fast_path_keeps_what_the_streaming_parser_keeps_at_every_cut(tmp_path_factory, users, chunk):
+    """A file cut at any byte, read in chunks of any size: the same records, and damage where the streaming
+    parser finds damage (its wording too, but for the byte it names, which depends on where it was handed over)."""
+    data, _ = record_ends(users, "array")
+    folder = tmp_path_factory.mktemp("fastcut")
+    for size in range(len(data) + 1):
+        path = folder / f"cut{size}.json"
+        path.write_bytes(data[:size])
+        fast, streamed = read_with(path, chunk), read_with(path, 0)
+        assert fast[0] == streamed[0], (size, data[:size])
+        assert (fast[1] is None) == (streamed[1] is None), (size, fast[1], streamed[1])
+        if fast[1]:
+            assert fast[1].split(" (")[0] == streamed[1].split(" (")[0], (fast[1], streamed[1])
+        path.unlink()
+
+
+def test_a_big_array_goes_out_in_raw_batches_of_the_exact_records(tmp_path):
+    users = make_users(5000, "raw")
+    path = tmp_path / "big.json"
+    path.write_bytes(orjson.dumps(users, option=orjson.OPT_INDENT_2))
+    original = core.intake.ingest.FAST_CHUNK
+    core.intake.ingest.FAST_CHUNK = 4096  # many chunks, cut anywhere
+    try:
+        reader = SourceReader(path)
+        parts = list(reader.parts(batch_size=700))
+    finally:
+        core.intake.ingest.FAST_CHUNK = original
+    assert all(isinstance(part, core.intake.ingest.RawBatch) for part in parts)
+    assert [part.count for part in parts] == [700] * 7 + [100]
+    assert [part.first for part in parts] == list(range(0, 5000, 700))
+    assert [user for part in parts for user in orjson.loads(part.payload)] == users
+    assert reader.damage is None and reader.position == path.stat().st_size
+
+
+def test_invalid_utf8_deep_in_a_big_file_keeps_every_record_before_it(tmp_path):
+    users = make_users(3000, "utf8")
+    data = orjson.dumps(users)
+    at = data.index(b'"email"', len(data) // 2)  # a record past the first chunks
+    before = data[:at].count(b'"email"')
+    path = tmp_path / "bad.json"
+    path.write_bytes(data[:at] + b'"x\xff":1,' + data[at:])
+    original = core.intake.ingest.FAST_CHUNK
+    core.intake.ingest.FAST_CHUNK = 8192
+    try:
+        records, damage = read(path)
+    finally:
+        core.intake.ingest.FAST_CHUNK = original
+    assert records == users[:before] and damage.startswith(f"invalid UTF-8 in record {before + 1}")
+
+
+def test_a_number_out_of_range_is_that_record_s_error_alone(tmp_path):
+    """msgspec splits 1e400 as a number but will not decode it (nor will orjson): that record is an error, and
+    the records beside it are read."""
+    users = make_users(3, "range")
+    path = tmp_path / "range.json"
+    path.write_bytes(b"[" + b",".join([orjson.dumps(users[0]), b'{"id": 1e400}', orjson.dumps(users[2])]) + b"]")
+    records, damage = read(path)
+    assert damage is None and records[0] == users[0] and records[2] == users[2]
+    assert isinstance(records[1], RecordError) and "not valid JSON" in str(records[1])
+
+
+def test_a_raw_batch_fits_a_batch_message():
+    from core.intake.client import MAX_BATCH_BYTES
+
+    assert core.intake.ingest.RAW_BATCH_BYTES <= MAX_BATCH_BYTES
+    assert core.intake.ingest.FAST_MAX_PENDING + core.intake.ingest.FAST_CHUNK <= MAX_TOKEN_BYTES

@@ -205,7 +205,7 @@ def test_brackets_inside_strings_never_count_as_nesting(runtime_factory, tmp_pat
     """The streaming path (big or damaged files) guards nesting depth; brackets in strings are data."""
     import core.intake.ingest
 
-    monkeypatch.setattr(core.intake.ingest, "WHOLE_FILE_BYTES", 0)  # stream even this small file
+    monkeypatch.setattr(core.intake.ingest, "FAST_CHUNK", 0)  # the streaming parser, even for this small file
     drop = tmp_path / "drop"
     drop.mkdir()
     users = make_users(2000, "brackets")

@@ -106,6 +106,17 @@ def test_a_batch_whose_users_json_is_not_an_array_is_invalid_argument(send):
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "array" in refused.value.details()
 
 
+def test_a_record_that_does_not_decode_is_rejected_alone(send):
+    """1e400 is JSON that neither orjson nor msgspec decodes (out of a double's range): that record is rejected
+    with the reason, the records beside it are merged, and the stream goes on."""
+    users = make_users(2, "range")
+    body = b"[" + b",".join([orjson.dumps(users[0]), b'{"id": 1e400, "email": "x@y.z"}', orjson.dumps(users[1])]) + b"]"
+    report = send([users_pb2.UserBatch(users_json=body, source="t.json")])
+    assert report.accepted == 2 and report.rejected == 1
+    assert report.rejections[0].record == 1 and "not valid JSON" in report.rejections[0].reason
+    wait_for(lambda: send.runtime.store.count() == 2, message="the two good users merged")
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.tuples(st.integers(0, 40), st.integers(0, 8)), max_size=30))
 def test_ranges_refuse_exactly_the_overlaps(spans):

@@ -53,8 +53,13 @@ if mode ~= 'load' then
   total, attempt, state = fields[4], fields[5], fields[6]
 end
 
--- The users to apply, as {bucket, key, value}; a drain reads them from the inbox.
-local users, taken, unreadable = {}, 0, {}
+-- The users to apply, as parallel arrays of bucket, key and value (no table per user: a batch has 1,000); a drain
+-- reads them from the inbox, a batch takes them from ARGV.
+local ub, uk, uv, taken, unreadable = {}, {}, {}, 0, {}
+local function add(bucket, key, value)
+  local n = #ub + 1
+  ub[n], uk[n], uv[n] = bucket, key, value
+end
 if mode == 'drain' then
   expect(KEYS[4], 'list')
   expect(KEYS[9], 'list')
@@ -65,7 +70,7 @@ if mode == 'drain' then
       -- a msgpack array {seq, bucket, key, array} (push_unary.lua): binary-safe, whatever the key holds
       local ok, t = pcall(cmsgpack.unpack, item)
       if ok and type(t) == 'table' and type(t[1]) == 'number' and type(t[3]) == 'string' and type(t[4]) == 'string' then
-        users[#users + 1] = {string.format('%d', t[2]), t[3], string.format('%d', t[1]) .. '\t' .. t[4]}
+        add(string.format('%d', t[2]), t[3], string.format('%d', t[1]) .. '\t' .. t[4])
       else
         unreadable[#unreadable + 1] = item
       end
@@ -76,16 +81,18 @@ if mode == 'drain' then
       local t2 = t1 and string.find(item, '\t', t1 + 1, true)
       local t3 = t2 and string.find(item, '\t[^\t]*$', t2 + 1)
       if t3 and string.match(string.sub(item, 1, t1 - 1), '^%d+$') then
-        users[#users + 1] = {string.sub(item, t1 + 1, t2 - 1), string.sub(item, t2 + 1, t3 - 1),
-                             string.sub(item, 1, t1) .. string.sub(item, t3 + 1)}
+        add(string.sub(item, t1 + 1, t2 - 1), string.sub(item, t2 + 1, t3 - 1),
+            string.sub(item, 1, t1) .. string.sub(item, t3 + 1))
       else
         unreadable[#unreadable + 1] = item
       end
     end
   end
 else
+  local n = 0
   for i = 6, #ARGV, 3 do
-    users[#users + 1] = {ARGV[i], ARGV[i + 1], ARGV[i + 2]}
+    n = n + 1
+    ub[n], uk[n], uv[n] = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   end
 end
 
@@ -128,59 +135,64 @@ if mode == 'batch' then
   end
   if redis.call('SISMEMBER', applied, ARGV[2]) == 1 or covered() then
     skipped = 1
-    users = {}
+    ub, uk, uv = {}, {}, {}
   end
 end
 
--- Decide each user against what is stored (or what this same call already decided for its key).
+-- Decide each user against what is stored (or what this same call already decided for its key: a key always
+-- comes with the same bucket, so the key alone finds it, and the bucket is compared to be sure).
 local function seq_of(value)
   local tab = string.find(value, '\t', 1, true)
   local seq = tab and tonumber(string.sub(value, 1, tab - 1))
   return seq, tab
 end
-local decided, writes = {}, {}
-local new, updated, dup = 0, 0, 0
-for _, user in ipairs(users) do
-  local hash = prefix .. user[1]
-  decided[hash] = decided[hash] or {}
-  local current = decided[hash][user[2]]
-  if current == nil then
-    current = redis.call('HGET', hash, user[2]) or false  -- WRONGTYPE here stops the script before any write
-  end
-  local value = user[3]
-  local vseq, v = seq_of(value)
-  if not vseq then
-    return error('merge refused: a value for ' .. user[2] .. ' has no sequence number')
+local decided, decided_bucket = {}, {}
+local wh, wk, wv, wn = {}, {}, {}, 0  -- the writes, in order, as parallel arrays
+local new, updated, dup, added = 0, 0, 0, 0
+for i = 1, #ub do
+  local key, value = uk[i], uv[i]
+  local hash = prefix .. ub[i]
+  local current = decided[key]
+  if current == nil or decided_bucket[key] ~= hash then
+    current = redis.call('HGET', hash, key) or false  -- WRONGTYPE here stops the script before any write
   end
   local cseq, c = false, nil
   if current then
     cseq, c = seq_of(current)
   end
-  if not current or not cseq then
+  local vseq, v
+  if cseq then  -- the sequence numbers are compared: read this one too
+    vseq, v = seq_of(value)
+  elseif not string.find(value, '^%d+\t') then
+    vseq = nil
+  else
+    vseq = true
+  end
+  if not vseq then
+    return error('merge refused: a value for ' .. key .. ' has no sequence number')
+  end
+  local write = true
+  if not cseq then
     -- new, or a stored value no reader can use (damaged): the new value takes its place
-    if current then updated = updated + 1 else new = new + 1 end
-    decided[hash][user[2]] = value
-    writes[#writes + 1] = {hash, user[2], value, not current}
+    if current then updated = updated + 1 else new = new + 1; added = added + 1 end
   elseif cseq > vseq then
     dup = dup + 1
+    write = false
+  elseif string.sub(current, c + 1) == string.sub(value, v + 1) then
+    dup = dup + 1  -- a duplicate too is written: its newer sequence number must win later
   else
-    if string.sub(current, c + 1) == string.sub(value, v + 1) then
-      dup = dup + 1
-    else
-      updated = updated + 1
-    end
-    decided[hash][user[2]] = value  -- a duplicate too: its newer sequence number must win later
-    writes[#writes + 1] = {hash, user[2], value, false}
+    updated = updated + 1
+  end
+  if write then
+    decided[key], decided_bucket[key] = value, hash
+    wn = wn + 1
+    wh[wn], wk[wn], wv[wn] = hash, key, value
   end
 end
 
 -- 2. writes: nothing below can fail ----------------------------------------------------------------
-local added = 0
-for _, w in ipairs(writes) do
-  redis.call('HSET', w[1], w[2], w[3])
-  if w[4] then
-    added = added + 1
-  end
+for i = 1, wn do
+  redis.call('HSET', wh[i], wk[i], wv[i])
 end
 if added > 0 then
   redis.call('INCRBY', count, added)
