@@ -24,7 +24,11 @@ import redis
 
 from core.config import USER_FIELDS
 
-BUCKETS = 16384
+# 65,536 buckets hold 150 users each at ten million: far below the embedded Redis's listpack bound (512),
+# where a bucket kept as a hash table costs a third more memory; a bucket is also what an export rewrites
+# when one of its users changes (core/storage/viewfile.py), so small buckets keep that cheap.
+BUCKETS = 65536
+LEGACY_BUCKETS = 16384  # the layout before, under users:<n>: moved on start (Store.upgrade_layout)
 INTERNED = ("gender", "agent", "country")
 INTERNED_POSITIONS = tuple(USER_FIELDS.index(name) for name in INTERNED)
 FIELD_COUNT = len(USER_FIELDS)

@@ -15,6 +15,7 @@ import redis
 
 from core.storage.staging import STAGED_GRACE, sweep_staged
 from core.storage.store import Store
+from core.storage.viewfile import ViewFile
 
 SETTLE = 0.2
 SWEEP_INTERVAL = STAGED_GRACE / 2
@@ -25,6 +26,7 @@ class Exporter:
     def __init__(self, store: Store, path: Path, interval: float, on_event=None):
         self.store = store
         self.path = Path(path)
+        self.view = ViewFile(store, self.path)
         self.interval = interval
         self.on_event = on_event or (lambda level, text: None)
         self.last: dict = {}
@@ -52,7 +54,7 @@ class Exporter:
             if version == self._written_version and self.path.exists():
                 return self.last
             started = time.monotonic()
-            self.last = self.store.export(self.path)
+            self.last = self.view.write()
             self.last_seconds = time.monotonic() - started
             self._written_version = self.last["version"]
             self._tell_bad(self.last)

@@ -20,7 +20,8 @@
 --       5 counted-ranges set of this attempt, 6 the batch's staged users (deleted once applied, in the
 --       same step), 7 user count, 8 dictionary epoch, 9 unreadable inbox items, 10 staged-batch index
 --       (zset), 11 staged batch -> job id (hash), 12 Prometheus counters (hash, core/storage/lua/counters.lua),
---       13 union of the applied ranges of the file (zset, see above; optional for older callers)
+--       13 union of the applied ranges of the file (zset, see above; optional for older callers),
+--       14 buckets changed since the last export (set, core/storage/viewfile.py; optional likewise)
 -- ARGV: 1 mode ("batch", "drain" or "load"), 2 range or drain size, 3 attempt, 4 dictionary epoch the
 --       values use ("" when none), 5 bucket key prefix, then bucket, key, value triples
 -- Returns {new, updated, duplicate, taken or skipped}, or {-1} when the dictionary epoch moved on.
@@ -170,26 +171,39 @@ for _, user in ipairs(users) do
     -- new, or a stored value no reader can use (damaged): the new value takes its place
     if current then updated = updated + 1 else new = new + 1 end
     decided[hash][user[2]] = value
-    writes[#writes + 1] = {hash, user[2], value, not current}
+    writes[#writes + 1] = {hash, user[2], value, not current, user[1]}
   elseif cseq > vseq then
     dup = dup + 1
   else
-    if string.sub(current, c + 1) == string.sub(value, v + 1) then
+    local same = string.sub(current, c + 1) == string.sub(value, v + 1)
+    if same then
       dup = dup + 1
     else
       updated = updated + 1
     end
     decided[hash][user[2]] = value  -- a duplicate too: its newer sequence number must win later
-    writes[#writes + 1] = {hash, user[2], value, false}
+    writes[#writes + 1] = {hash, user[2], value, false, not same and user[1]}
   end
 end
 
 -- 2. writes: nothing below can fail ----------------------------------------------------------------
-local added = 0
+local added, changed = 0, {}
 for _, w in ipairs(writes) do
   redis.call('HSET', w[1], w[2], w[3])
   if w[4] then
     added = added + 1
+  end
+  if w[5] then  -- what all_users.json shows changed (a newer copy of the same user changes nothing there)
+    changed[w[5]] = true
+  end
+end
+if KEYS[14] and next(changed) then
+  local buckets = {}
+  for bucket in pairs(changed) do
+    buckets[#buckets + 1] = bucket
+  end
+  for i = 1, #buckets, 4000 do  -- unpack has a stack limit
+    redis.call('SADD', KEYS[14], unpack(buckets, i, math.min(i + 3999, #buckets)))
   end
 end
 if added > 0 then
