@@ -16,8 +16,9 @@ step, once the store holds the step's users, it prints:
 - drop: a 1,000-user file renamed into the folder until all_users.json holds its users (3 drops, each
   time to the export record; the last one also checked in the file itself);
 - memory: Redis's used_memory and the peak RSS of every process during the step;
-- export cost: with --export-cost, the step's ingest is also timed with the exporter held back (a
-  SWORDSEC_EXPORT_INTERVAL of an hour) in a second console, for the ratio.
+- export cost: with --export-cost N, two fresh consoles ingest the same first N users, one watching (its
+  exporter rewrites all_users.json all along) and one with --once (no export until the end): the ratio of
+  their ingest rates (first merged user to last) is what exporting during a long ingest costs it.
 
 Figures from a shared 2-core machine move by tens of percent: compare ratios inside one run.
 """
@@ -53,6 +54,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="where generated files are kept between runs")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--drops", type=int, default=3, help="1,000-user drops per step (default 3)")
+    parser.add_argument("--export-cost", type=int, default=0, metavar="N",
+                        help="also compare the ingest of N users with and without exports meanwhile")
     parser.add_argument("--generate-only", action="store_true", help="write the data files and stop")
     parser.add_argument("--keep", action="store_true", help="keep the run folder and print its path")
     return parser.parse_args(argv)
@@ -82,19 +85,20 @@ def probe_file(folder: Path, number: int) -> Path:
 
 # -- the running console ---------------------------------------------------------------------------
 class Console:
-    def __init__(self, root: Path, workers: int, env: dict | None = None):
+    def __init__(self, root: Path, workers: int, flags: tuple = (), feed: list[Path] = ()):
         self.root = root
         self.drop = root / "drop"
         self.data = root / "data"
         self.output = self.data / "all_users.json"
         self.drop.mkdir(parents=True)
+        self.feed(feed)
         script = Path(sys.executable).with_name("swordsec-console")
         command = [str(script)] if script.exists() else [sys.executable, "-m", "console.cli"]
         command += ["--no-ui", "--workers", str(workers), "--grpc-listen", "127.0.0.1:0", "--watch", str(self.drop),
-                    "--data-dir", str(self.data), "--quiet-period", "0.2"]
+                    "--data-dir", str(self.data), "--quiet-period", "0.2", *flags]
         self.log = open(root / "console.log", "wb")
         self.process = subprocess.Popen(command, cwd=root, stdin=subprocess.DEVNULL, stdout=self.log,
-                                        stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+                                        stderr=subprocess.STDOUT)
         self.sampler = TreeSampler(self.process.pid, 0.25).start()
         self.redis = self._connect()
 
@@ -216,13 +220,32 @@ def step(console: Console, args, files: list[Path], target: int, probes: int) ->
             "size": console.output.stat().st_size, "probes": probes}
 
 
+def export_cost(args, files: list[Path], users: int) -> tuple[float, float]:
+    """Users/s of the same ingest while watching (exports all along) and with --once (one export at the end)."""
+    rates = []
+    for flags in ((), ("--once",)):
+        root = Path(tempfile.mkdtemp(prefix="swordsec-scale-cost-"))
+        console = Console(root, args.workers, flags, files[:-(-users // args.file_users)])
+        try:
+            wait(lambda: console.merged() > 0, 600, "the first merged user", 0.005)
+            started = time.monotonic()
+            wait(lambda: console.merged() >= users, 3600, f"{users:,} merged users", 0.02)
+            rates.append((users - 0) / (time.monotonic() - started))
+        finally:
+            if flags:
+                console.process.wait(timeout=900)
+            console.stop()
+            shutil.rmtree(root, ignore_errors=True)
+    return rates[0], rates[1]
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the console on the way out
     steps = [int(s) for s in args.steps.split(",")]
     print(f"data: {args.data} (generating what is missing)", flush=True)
     started = time.monotonic()
-    files = data_files(args.data, steps[-1], args.file_users)
+    files = data_files(args.data, max(steps[-1], args.export_cost), args.file_users)
     for n in range(len(steps) * args.drops):
         probe_file(args.data, n)
     print(f"data ready in {time.monotonic() - started:.0f} s", flush=True)
@@ -249,6 +272,10 @@ def main(argv=None) -> int:
         else:
             shutil.rmtree(root, ignore_errors=True)
     print_table(rows)
+    if args.export_cost:
+        watching, once = export_cost(args, files, args.export_cost)
+        print(f"export cost, {args.export_cost:,} users: {watching:,.0f} users/s with exports meanwhile, {once:,.0f} "
+              f"with none (--once): {1 - watching / once:.0%} slower")
     return 0
 
 

@@ -30,8 +30,11 @@ import orjson
 from core.storage.codec import BUCKETS
 from core.storage.store import MAX_BAD_SAMPLES, Store
 
-ROOM_SHARE = 8  # a region's room to grow: an eighth of its users' bytes (about 19 users at 10M users)
-ROOM_MIN = 320  # and about one user more, so a near-empty bucket can take one too
+# A region's room to grow: an eighth of its users' bytes and about three users more (about 22 users at 10M
+# users, 5 at 1M): a few thousand new users touch a bucket once or twice, and a copy whose bucket overflows
+# is written whole, so the room sets how rarely that happens. It costs 64 MB of spaces plus an eighth.
+ROOM_SHARE = 8
+ROOM_MIN = 1024
 PATCH_FROM = 200_000  # below this many users a whole write takes a second or so: no room, no patching
 READ_BUCKETS = 200  # changed buckets read per round trip while patching
 SEPARATOR, FIRST, OPEN, CLOSE = b",\n", b"\n", b"[", b"\n]\n"
@@ -44,6 +47,7 @@ class Copy:
     start: array = field(default_factory=lambda: array("q", bytes(8 * BUCKETS)))
     room: array = field(default_factory=lambda: array("q", bytes(8 * BUCKETS)))  # region size, spaces included
     users: array = field(default_factory=lambda: array("q", bytes(8 * BUCKETS)))
+    used: array = field(default_factory=lambda: array("q", bytes(8 * BUCKETS)))  # region bytes before the spaces
     bad: dict = field(default_factory=dict)  # bucket -> (undecodable count, samples)
     first: int = BUCKETS  # the first non-empty bucket: the only region without a leading comma
     roomy: bool = False  # written with room to grow (a store of PATCH_FROM users or more)
@@ -96,6 +100,8 @@ class ViewFile:
             todo = sorted(copy.changed)
             if todo and todo[0] < copy.first:  # a new first region: the old first one gains its comma
                 todo = sorted({*todo, copy.first} - {BUCKETS})
+            if self._outgrown(copy, todo):
+                return False
             first = min(todo[0], copy.first) if todo else copy.first
             for at in range(0, len(todo), READ_BUCKETS):
                 chunk = todo[at:at + READ_BUCKETS]
@@ -108,7 +114,7 @@ class ViewFile:
                     if users:
                         first = min(first, bucket)
                     os.pwrite(fd, body + b" " * (copy.room[bucket] - len(body)), copy.start[bucket])
-                    copy.users[bucket] = len(users)
+                    copy.users[bucket], copy.used[bucket] = len(users), len(body)
             os.fsync(fd)
             copy.first = first
             copy.identity = _identity(os.fstat(fd))
@@ -116,6 +122,21 @@ class ViewFile:
             os.close(fd)
         self.patched += 1
         return True
+
+    def _outgrown(self, copy: Copy, todo: list[int]) -> bool:
+        """Whether the new users of these buckets (counted, not read) already overflow a region: then
+        decoding them for a patch would be wasted (during a long ingest, most exports)."""
+        line = max(1, sum(copy.used) // max(1, sum(copy.users)))
+        for at in range(0, len(todo), 4096):
+            chunk = todo[at:at + 4096]
+            with self.store.redis.pipeline(transaction=False) as pipe:
+                for bucket in chunk:
+                    pipe.hlen(self.store.bucket_prefix + str(bucket))
+                sizes = pipe.execute()
+            for bucket, size in zip(chunk, sizes):
+                if copy.used[bucket] + (size - copy.users[bucket]) * line > copy.room[bucket]:
+                    return True
+        return False
 
     # -- writing a copy whole ---------------------------------------------------------------------------
     def _write_whole(self, target: Path) -> Copy:
@@ -140,6 +161,7 @@ class ViewFile:
                     out.write(body)
                     out.write(b" " * (room - len(body)))
                     copy.start[bucket], copy.room[bucket], copy.users[bucket] = position, room, len(users)
+                    copy.used[bucket] = len(body)
                     position += room
                     previous = bucket + 1
                 _empty_regions(out, copy, previous, BUCKETS, position, least)
