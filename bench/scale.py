@@ -35,12 +35,12 @@ import tempfile
 import time
 from pathlib import Path
 
+import machine
 import orjson
 import redis
+from rss import TreeSampler
 
 import datagen
-import machine
-from rss import TreeSampler
 
 PROBE_START = 900_000_000  # probe users' numbers: never collide with the step files' users
 NAMESPACE = "swordsec"

@@ -47,11 +47,11 @@ class Exporter:
         if self._thread:
             self._thread.join(timeout=30)
 
-    def write(self) -> dict:
-        """Export now (when changed, or when the file is missing) and return what was written."""
+    def write(self, force: bool = False) -> dict:
+        """Export now (when changed, when the file is missing, or when forced) and return what was written."""
         with self._lock:
             version = self.store.version()
-            if version == self._written_version and self.path.exists():
+            if not force and version == self._written_version and self.path.exists():
                 return self.last
             started = time.monotonic()
             self.last = self.view.write()
@@ -99,20 +99,29 @@ class Exporter:
             if version != seen:
                 seen, changed_at = version, now
             if version == self._written_version:
+                # Quiet: bring the other copy up to date too, so the next change only patches it (a copy left
+                # behind by a long ingest would be written whole, a minute at ten million users).
+                if self.view.behind and now - changed_at >= SETTLE:
+                    written_at = self._attempt(force=True) or written_at
                 continue
             # A whole write of 10M users takes a minute of this process's CPU, which the gRPC server shares
             # (one GIL): during a long ingest, export at most a ninth of the time.
             due = max(self.interval, 8 * self.last_seconds)
             if now - changed_at >= SETTLE or now - written_at >= due:
-                try:
-                    self.write()
-                    written_at = time.monotonic()
-                    if self.error:  # one line per change of state, not one per attempt
-                        self.on_event("info", f"{self.path} written again")
-                        self.error = ""
-                except (OSError, redis.RedisError) as error:
-                    reason = f"cannot write {self.path}: {getattr(error, 'strerror', None) or error}"
-                    if reason != self.error:
-                        self.on_event("error", reason)
-                        self.error = reason
-                    self._stop.wait(1.0)
+                written_at = self._attempt() or written_at
+
+    def _attempt(self, force: bool = False) -> float | None:
+        """One export; the time it ended, or None when it failed (told once per reason)."""
+        try:
+            self.write(force)
+            if self.error:  # one line per change of state, not one per attempt
+                self.on_event("info", f"{self.path} written again")
+                self.error = ""
+            return time.monotonic()
+        except (OSError, redis.RedisError) as error:
+            reason = f"cannot write {self.path}: {getattr(error, 'strerror', None) or error}"
+            if reason != self.error:
+                self.on_event("error", reason)
+                self.error = reason
+            self._stop.wait(1.0)
+            return None

@@ -66,6 +66,12 @@ class ViewFile:
         self.current = "b"  # the first export writes "a"
         self.patched = 0  # exports that patched a copy in place (for tests and the bench)
 
+    @property
+    def behind(self) -> bool:
+        """Whether the copy the next export brings up to date misses changes (or is not written yet)."""
+        copy = self.copies["a" if self.current == "b" else "b"]
+        return self.copies[self.current] is not None and (copy is None or bool(copy.changed))
+
     def copy_path(self, name: str) -> Path:
         return self.path.with_name(f".{self.path.name}.{name}")
 

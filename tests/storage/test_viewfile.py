@@ -184,3 +184,25 @@ def test_an_undecodable_value_is_counted_once_across_patches(view):
     assert view.patched == 1
     assert info["undecodable"] == 1 and info["bad"][0]["key"] == "broken@x.com"
     assert in_file(view) == in_store(store)
+
+
+def test_the_exporter_brings_the_other_copy_up_to_date_once_quiet(connection, namespace, tmp_path):
+    """After a long ingest the copy not shown is far behind: written while quiet, a later drop only patches."""
+    from core.storage.exporter import Exporter
+    from tests.conftest import wait_for
+
+    store = Store(connection, namespace)
+    exporter = Exporter(store, tmp_path / "all_users.json", 0.05)
+    exporter.view.patch_from = 0
+    try:
+        merge(store, make_users(300, "quiet"))
+        exporter.start()
+        wait_for(lambda: not exporter.view.behind and exporter.view.copies["a"] and exporter.view.copies["b"],
+                 message="both copies written")
+        merge(store, make_users(2, "later"), "g")
+        wait_for(lambda: exporter.view.patched >= 1, message="the drop patched in")
+        wait_for(lambda: len(in_file(exporter.view)) == 302, message="the drop in all_users.json")
+        assert in_file(exporter.view) == in_store(store)
+    finally:
+        exporter.stop()
+        store.clear()
