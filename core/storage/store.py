@@ -171,11 +171,12 @@ class Store:
 
     def _apply(self, head: list, keys: list[str], users: list[dict], key_field: str, seqs: list[int]) -> list[int]:
         """Run merge.lua on these users: [new, updated, duplicate, taken or skipped]."""
+        names = [merge_key(user, key_field) for user in users]
+
         def attempt():
-            epoch, rows = self.codec.encode(users)
+            epoch, rows = self.codec.encode(users, names)
             args: list = [*head, epoch, self.bucket_prefix]
-            for user, row, seq in zip(users, rows, seqs):
-                key = merge_key(user, key_field)
+            for key, row, seq in zip(names, rows, seqs):
                 args += [bucket_of(key), key, b"%d\t%s" % (seq, row)]
             result = self._merge(keys=keys, args=args)
             return STALE if result[0] == STALE else result
@@ -189,7 +190,7 @@ class Store:
                 self.counters_key]
 
         def attempt():
-            epoch, (row,) = self.codec.encode([user])
+            epoch, (row,) = self.codec.encode([user], [key])
             return self._push_unary(keys=keys, args=[bucket_of(key), key, row, DRAIN_FLAG_TTL, epoch])
 
         return bool(self._encoding(attempt))
@@ -389,8 +390,7 @@ class Store:
                 epoch = _same_epoch(epoch, stored_epoch.decode())
                 pending = (fetcher.submit(self._walk, args=[*walk[:2], bucket, *walk[3:]])
                            if bucket < BUCKETS else None)
-                decoded = [(number, self._decode_bucket(flat, on_bad))
-                           for number, flat in zip(found[::2], found[1::2])]
+                decoded = self._decode_buckets(found[::2], found[1::2], on_bad)
                 _same_epoch(epoch, dictionary.epoch)
                 yield from decoded
 
@@ -435,6 +435,35 @@ class Store:
         users = [user for flat in found for user in self._decode_bucket(flat, lambda key, reason: None)]
         return users[skip:skip + count]
 
+    def _decode_buckets(self, numbers: list[int], flats: list[list[bytes]], on_bad=None):
+        """Many buckets' HGETALL replies as [(number, users by merge key)], decoded in one call: at 100k
+        users most buckets hold one or two, and a call per bucket would cost more than the users."""
+        keys, values, ends = [], [], []
+        for flat in flats:
+            bucket = dict(zip(flat[::2], flat[1::2]))
+            ordered = sorted(bucket)
+            keys += ordered
+            values += [bucket[key] for key in ordered]
+            ends.append(len(keys))
+        bad: list[int] = []
+
+        def report(n: int, reason: str) -> None:
+            bad.append(n)
+            if on_bad is not None:
+                on_bad(keys[n], reason)
+
+        users = self.codec.decode(values, None if on_bad is None else report, keys)
+        out, at, gone = [], 0, iter(bad)
+        skipped, next_bad = 0, next(gone, None)
+        for number, end in zip(numbers, ends):
+            missing = 0
+            while next_bad is not None and next_bad < end:
+                missing, next_bad = missing + 1, next(gone, None)
+            count = end - skipped - missing - at
+            out.append((number, users[at:at + count]))
+            at, skipped = at + count, skipped + missing
+        return out
+
     def _decode_bucket(self, flat: list[bytes], on_bad=None) -> list[dict]:
         """A bucket's HGETALL reply (flat, as a script returns it) as users, by merge key."""
         return self._decode_map(dict(zip(flat[::2], flat[1::2])), on_bad)
@@ -442,7 +471,7 @@ class Store:
     def _decode_map(self, bucket: dict[bytes, bytes], on_bad=None) -> list[dict]:
         keys = sorted(bucket)
         report = None if on_bad is None else (lambda n, reason: on_bad(keys[n], reason))
-        return self.codec.decode([bucket[key] for key in keys], report)
+        return self.codec.decode([bucket[key] for key in keys], report, keys)
 
     def export(self, path: Path) -> dict:
         """Write all_users.json atomically from the store; returns what was written.

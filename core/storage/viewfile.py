@@ -69,8 +69,9 @@ class ViewFile:
     @property
     def behind(self) -> bool:
         """Whether the copy the next export brings up to date misses changes (or is not written yet)."""
-        copy = self.copies["a" if self.current == "b" else "b"]
-        return self.copies[self.current] is not None and (copy is None or bool(copy.changed))
+        copy, current = self.copies["a" if self.current == "b" else "b"], self.copies[self.current]
+        # A store too small to patch is written whole each time: nothing to prepare.
+        return current is not None and current.roomy and (copy is None or bool(copy.changed))
 
     def copy_path(self, name: str) -> Path:
         return self.path.with_name(f".{self.path.name}.{name}")

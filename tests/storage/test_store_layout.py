@@ -170,3 +170,19 @@ def test_users_of_the_16384_bucket_layout_are_moved_on_start_once(connection, na
     assert {u["email"]: u for u in exported(store)} == {u["email"]: u for u in users[:-1] + [newer]}
     assert not list(connection.scan_iter(match=f"{namespace}:users:[0-9]*"))
     assert store.upgrade_layout("email") == 0
+
+
+def test_an_email_equal_to_the_merge_key_is_stored_once(connection, namespace):
+    """The bucket's field name is the merge key: the array marks the email instead of repeating it."""
+    store = Store(connection, namespace)
+    plain, mixed = make_users(1, "mark")[0], make_users(1, "Mark")[0] | {"email": " Mixed.Case@X.com"}
+    merge(store, "f", [plain, mixed])
+    stored = connection.hget(store.bucket_key(plain["email"]), plain["email"])
+    assert plain["email"].encode() not in stored and b',0,' in stored
+    from core.records import merge_key
+
+    key = merge_key(mixed, "email")
+    kept = connection.hget(store.bucket_key(key), key)
+    assert b" Mixed.Case@X.com" in kept  # not the key: kept as sent
+    assert {u["email"]: u for u in exported(store)} == {u["email"]: u for u in (plain, mixed)}
+    assert store.users_page(0, 10) and all(isinstance(u["email"], str) for u in store.users_page(0, 10))
