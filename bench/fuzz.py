@@ -126,7 +126,7 @@ def damaged_section(store: Store, expected: int, planted: int, rng: random.Rando
                b"3\t[0,\"a\",\"b\",\"c\",-5,\"i\",\"u\",\"a\",\"c\"]", b"3\t[0,\"a\",\"b\",\"c\",99999999,\"i\",\"u\",\"a\",\"c\"]"]
     for n in range(planted):
         value = rng.choice(garbage) if rng.random() < 0.7 else bytes(rng.randrange(256) for _ in range(20))
-        store.redis.hset(store.key("users", str(rng.randrange(BUCKETS))), f"\x00planted{n}", value)
+        store.redis.hset(store.bucket_prefix + str(rng.randrange(BUCKETS)), f"\x00planted{n}", value)
     store.redis.incr(store.key("version"))
     try:
         info = store.export(scratch / "all_users.json")

@@ -82,7 +82,7 @@ def diagnose(snap, settings) -> list[Problem]:
         problems.append(Problem("error", f"{undecodable} stored user value(s) cannot be decoded and are left out of "
                                          f"all_users.json{first}",
                                 "every other user is still exported; send those users again (a newer record "
-                                "replaces the damaged value), or delete the value from its users:<bucket> hash"))
+                                "replaces the damaged value), or delete the value from its bucket:<n> hash"))
     if snap.unreadable_inbox:
         problems.append(Problem("warning", f"{snap.unreadable_inbox} inbox item(s) could not be read and were set "
                                            f"aside, not merged", "they were not written by this release; read them "

@@ -24,9 +24,17 @@ import redis
 
 from core.config import USER_FIELDS
 
-BUCKETS = 16384
+# 65,536 buckets hold 150 users each at ten million: far below the embedded Redis's listpack bound (512),
+# where a bucket kept as a hash table costs a third more memory; a bucket is also what an export rewrites
+# when one of its users changes (core/storage/viewfile.py), so small buckets keep that cheap.
+BUCKETS = 65536
+LEGACY_BUCKETS = 16384  # the layout before, under users:<n>: moved on start (Store.upgrade_layout)
 INTERNED = ("gender", "agent", "country")
 INTERNED_POSITIONS = tuple(USER_FIELDS.index(name) for name in INTERNED)
+# The email is most often the merge key itself, which the bucket already holds as the field name: the array
+# then says so with KEY_MARK (an integer, never a string email) instead of repeating it (a fifth of a value).
+EMAIL = USER_FIELDS.index("email")
+KEY_MARK = 0
 FIELD_COUNT = len(USER_FIELDS)
 # Bounds the dictionary when a field turns out not to repeat (every agent unique): past this, literals.
 DICTIONARY_CAP = 65536
@@ -155,14 +163,17 @@ class Codec:
     def __init__(self, dictionary: Dictionary):
         self.dictionary = dictionary
 
-    def encode(self, users: list[dict]) -> tuple[str, list[bytes]]:
-        """The JSON arrays of these users (without sequence numbers), and the dictionary epoch they use."""
+    def encode(self, users: list[dict], keys: list[str] | None = None) -> tuple[str, list[bytes]]:
+        """The JSON arrays of these users (without sequence numbers), and the dictionary epoch they use.
+        keys: each user's merge key (the field name it is stored under), to mark an email equal to it."""
         wanted = {user.get(USER_FIELDS[p], "") for user in users for p in INTERNED_POSITIONS} - {""}
         epoch, ids = self.dictionary.ids_for(wanted) if wanted else ("", {})
         used = False
         rows = []
-        for user in users:
+        for n, user in enumerate(users):
             row = [user.get(name, "") for name in USER_FIELDS]
+            if keys is not None and row[EMAIL] == keys[n] and row[EMAIL].__class__ is str:
+                row[EMAIL] = KEY_MARK
             for position in INTERNED_POSITIONS:
                 index = ids.get(row[position])
                 if index is not None:
@@ -171,8 +182,9 @@ class Codec:
             rows.append(orjson.dumps(row))
         return (epoch if used else ""), rows
 
-    def decode(self, values, on_bad=None) -> list[dict]:
-        """Stored values ("<seq>\\t<array>") back to user objects.
+    def decode(self, values, on_bad=None, keys=None) -> list[dict]:
+        """Stored values ("<seq>\\t<array>") back to user objects; keys: the merge key (bytes) each is stored
+        under, which an email marked KEY_MARK stands for (without keys such a value is undecodable).
 
         A value that cannot be decoded is left out and handed to on_bad(position, reason) (by default
         it raises Undecodable): one damaged value must never stop the others from being read.
@@ -194,6 +206,10 @@ class Codec:
                         if index < 0:
                             raise Undecodable(f"dictionary index {index}")
                         row[position] = strings[index] if index < known else self.dictionary.string(index)
+                if row[EMAIL].__class__ is not str:
+                    if row[EMAIL] != KEY_MARK or row[EMAIL].__class__ is not int or keys is None:
+                        raise Undecodable(f"email {row[EMAIL]!r}")
+                    row[EMAIL] = keys[number].decode()
             except (ValueError, StaleDictionary) as error:  # orjson's JSONDecodeError is a ValueError
                 if on_bad is None:
                     raise Undecodable(str(error)) from None

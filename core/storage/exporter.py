@@ -16,6 +16,7 @@ import redis
 from core.background import Background
 from core.storage.staging import STAGED_GRACE, sweep_staged
 from core.storage.store import Store
+from core.storage.viewfile import ViewFile
 
 SETTLE = 0.2
 # How often the version is looked at (one GET). A quiet pipeline's last merge reaches the file within this.
@@ -35,6 +36,7 @@ class Exporter(Background):
         self.idle = idle or (lambda: False)
         self.store = store
         self.path = Path(path)
+        self.view = ViewFile(store, self.path)
         self.interval = interval
         self.on_event = on_event or (lambda level, text: None)
         self.last: dict = {}
@@ -44,14 +46,14 @@ class Exporter(Background):
         self._logged_bad: set[str] = set()
         self._lock = threading.Lock()
 
-    def write(self) -> dict:
-        """Export now (when changed, or when the file is missing) and return what was written."""
+    def write(self, force: bool = False) -> dict:
+        """Export now (when changed, when the file is missing, or when forced) and return what was written."""
         with self._lock:
             version = self.store.version()
-            if version == self._written_version and self.path.exists():
+            if not force and version == self._written_version and self.path.exists():
                 return self.last
             started = time.monotonic()
-            self.last = self.store.export(self.path)
+            self.last = self.view.write()
             self.last_seconds = time.monotonic() - started
             self._written_version = self.last["version"]
             self._tell_bad(self.last)
@@ -96,19 +98,29 @@ class Exporter(Background):
             if version != seen:
                 seen, changed_at = version, now
             if version == self._written_version:
+                # Quiet: bring the other copy up to date too, so the next change only patches it (a copy left
+                # behind by a long ingest would be written whole, a minute at ten million users).
+                if self.view.behind and now - changed_at >= SETTLE:
+                    written_at = self._attempt(force=True) or written_at
                 continue
-            # Writing 100k users takes a while: never spend more than a quarter of the time exporting.
-            due = max(self.interval, 4 * self.last_seconds)
+            # A whole write of 10M users takes a minute of this process's CPU, which the gRPC server shares
+            # (one GIL): during a long ingest, export at most a ninth of the time.
+            due = max(self.interval, 8 * self.last_seconds)
             if now - changed_at >= SETTLE or now - written_at >= due or self.idle():
-                try:
-                    self.write()
-                    written_at = time.monotonic()
-                    if self.error:  # one line per change of state, not one per attempt
-                        self.on_event("info", f"{self.path} written again")
-                        self.error = ""
-                except (OSError, redis.RedisError) as error:
-                    reason = f"cannot write {self.path}: {getattr(error, 'strerror', None) or error}"
-                    if reason != self.error:
-                        self.on_event("error", reason)
-                        self.error = reason
-                    self._stop.wait(1.0)
+                written_at = self._attempt() or written_at
+
+    def _attempt(self, force: bool = False) -> float | None:
+        """One export; the time it ended, or None when it failed (told once per reason)."""
+        try:
+            self.write(force)
+            if self.error:  # one line per change of state, not one per attempt
+                self.on_event("info", f"{self.path} written again")
+                self.error = ""
+            return time.monotonic()
+        except (OSError, redis.RedisError) as error:
+            reason = f"cannot write {self.path}: {getattr(error, 'strerror', None) or error}"
+            if reason != self.error:
+                self.on_event("error", reason)
+                self.error = reason
+            self._stop.wait(1.0)
+            return None

@@ -1,8 +1,10 @@
 """The store of record: users in Redis, bucketed and compact (core/storage/codec.py), and the all_users.json view of it.
 
 Key layout (all under the namespace, default "swordsec"):
-  users:<n>     hash  bucket n of BUCKETS: merge key -> "<seq>\t<JSON array>" (latest seq wins)
+  bucket:<n>    hash  bucket n of BUCKETS: merge key -> "<seq>\t<JSON array>" (latest seq wins); users:<n>
+                      held them in 16,384 buckets before, moved on start (upgrade_layout)
   users:count   int   how many users the buckets hold
+  export:dirty  set   buckets changed since all_users.json last showed them (merge.lua adds, the exporter takes)
   dict          hash  repeated string -> index; dict:list the strings by index; dict:epoch its token
   version       int   bumped whenever a merge changes a user
   seq           int   ingest sequence counter
@@ -41,7 +43,7 @@ import redis
 
 from core.config import ConfigError
 from core.records import merge_key
-from core.storage.codec import BUCKETS, Codec, Dictionary, StaleDictionary, bucket_of, lua
+from core.storage.codec import BUCKETS, LEGACY_BUCKETS, Codec, Dictionary, StaleDictionary, bucket_of, lua
 
 EXPORT_USERS = 5000  # users fetched per round trip while exporting, about; memory stays flat at any size
 DRAIN_FLAG_TTL = 60
@@ -63,12 +65,18 @@ class Store:
         self._push_unary = connection.register_script(lua("push_unary.lua"))
         self._finish_file = connection.register_script(lua("finish_file.lua", with_counters=True))
         self._walk = connection.register_script(lua("walk.lua"))
+        self._rebucket = connection.register_script(lua("rebucket.lua"))
         self.codec = Codec(Dictionary(connection, namespace))
-        self.bucket_prefix = self.key("users") + ":"
+        self.bucket_prefix = self.key("bucket") + ":"
+        self.dirty_key = self.key("export", "dirty")
         self.counters_key = self.key("counters")
 
     def key(self, *parts: str) -> str:
         return ":".join((self.ns, *parts))
+
+    def bucket_key(self, merge_key: str) -> str:
+        """The hash that holds the user with this merge key."""
+        return self.bucket_prefix + str(bucket_of(merge_key))
 
     def report_key(self, report_id: str, *parts: str) -> str:
         """The key of a file report (or of its range sets). An id we did not make ourselves (a file name
@@ -83,6 +91,7 @@ class Store:
             self.key("inbox"), self.report_key(report_id, "seen", attempt), blob or self.key("batch", "none"),
             self.key("users", "count"), self.codec.dictionary.keys[2], self.key("inbox", "unreadable"),
             self.key("staged"), self.key("staged", "jobs"), self.counters_key, self.report_key(report_id, "cover"),
+            self.dirty_key,
         ]
 
     # -- writing users -------------------------------------------------------------------------------
@@ -162,11 +171,12 @@ class Store:
 
     def _apply(self, head: list, keys: list[str], users: list[dict], key_field: str, seqs: list[int]) -> list[int]:
         """Run merge.lua on these users: [new, updated, duplicate, taken or skipped]."""
+        names = [merge_key(user, key_field) for user in users]
+
         def attempt():
-            epoch, rows = self.codec.encode(users)
+            epoch, rows = self.codec.encode(users, names)
             args: list = [*head, epoch, self.bucket_prefix]
-            for user, row, seq in zip(users, rows, seqs):
-                key = merge_key(user, key_field)
+            for key, row, seq in zip(names, rows, seqs):
                 args += [bucket_of(key), key, b"%d\t%s" % (seq, row)]
             result = self._merge(keys=keys, args=args)
             return STALE if result[0] == STALE else result
@@ -180,7 +190,7 @@ class Store:
                 self.counters_key]
 
         def attempt():
-            epoch, (row,) = self.codec.encode([user])
+            epoch, (row,) = self.codec.encode([user], [key])
             return self._push_unary(keys=keys, args=[bucket_of(key), key, row, DRAIN_FLAG_TTL, epoch])
 
         return bool(self._encoding(attempt))
@@ -215,12 +225,29 @@ class Store:
                 f"(or after deleting the keys {self.ns}:*) and dropping the source files again")
 
     def upgrade_layout(self, key_field: str) -> int:
-        """Check the merge key (claim_merge_key), then move users kept in the first layout (one big hash)
-        into the buckets; returns how many moved.
+        """Check the merge key (claim_merge_key), then move users kept in an earlier layout (one big hash,
+        or 16,384 buckets) into the buckets; returns how many moved.
 
         Safe to interrupt: the old keys go only at the end, and moving a user twice changes nothing.
         """
         self.claim_merge_key(key_field)
+        return self._upgrade_first_layout(key_field) + self._upgrade_buckets()
+
+    def _upgrade_buckets(self) -> int:
+        """Move users:<n> (16,384 buckets) into bucket:<n> (BUCKETS), one old bucket per atomic step."""
+        moved, old = 0, self.key("users") + ":"
+        for name in self.redis.scan_iter(match=old + "*", count=1000, _type="hash"):
+            number = name[len(old):]
+            if not number.isdigit() or int(number) >= LEGACY_BUCKETS:
+                continue
+            keys = self.redis.hkeys(name)
+            for start in range(0, len(keys), 1000):
+                pairs = [part for key in keys[start:start + 1000] for part in (key, bucket_of(key.decode()))]
+                moved += int(self._rebucket(keys=[name, self.key("users", "count"), self.dirty_key],
+                                            args=[self.bucket_prefix, *pairs]))
+        return moved
+
+    def _upgrade_first_layout(self, key_field: str) -> int:
         legacy, rev = self.key("users"), self.key("users", "rev")
         if self.redis.type(legacy) != b"hash":
             return 0
@@ -340,17 +367,25 @@ class Store:
     def iter_users(self, chunk: int = EXPORT_USERS, on_bad=None):
         """Yield each user as JSON (bytes) in export order, about `chunk` users per round trip (flat memory).
 
+        A stored value that cannot be decoded is skipped and told to on_bad(merge key, reason).
+        """
+        for _, users in self.iter_buckets(chunk, on_bad):
+            for user in users:
+                yield orjson.dumps(user)
+
+    def iter_buckets(self, chunk: int = EXPORT_USERS, on_bad=None):
+        """Yield (bucket number, its users by merge key) for every non-empty bucket, in export order.
+
         A bucket is read whole in one step, and a user never changes bucket, so a merge landing during
         the walk can neither repeat a user nor hide one that was there before it began. The next chunk
         is fetched while this one is decoded: Redis's half of an export then overlaps ours.
-        A stored value that cannot be decoded is skipped and told to on_bad(merge key, reason).
         A namespace cleared during the walk raises StaleDictionary: the new users' indexes must never
         be read with the old strings, and the next export starts over.
         """
         dictionary = self.codec.dictionary
         dictionary.sync()
         epoch = dictionary.epoch
-        walk = [self.bucket_prefix, BUCKETS, 0, 0, chunk, dictionary.keys[2]]
+        walk = [self.bucket_prefix, BUCKETS, 0, 0, chunk, dictionary.keys[2], "numbered"]
         with ThreadPoolExecutor(1, thread_name_prefix="export-fetch") as fetcher:
             pending = fetcher.submit(self._walk, args=walk)
             while pending is not None:
@@ -358,11 +393,42 @@ class Store:
                 epoch = _same_epoch(epoch, stored_epoch.decode())
                 pending = (fetcher.submit(self._walk, args=[*walk[:2], bucket, *walk[3:]])
                            if bucket < BUCKETS else None)
-                decoded = [self._decode_bucket(flat, on_bad) for flat in found]
+                decoded = self._decode_buckets(found[::2], found[1::2], on_bad)
                 _same_epoch(epoch, dictionary.epoch)
-                for users in decoded:
-                    for user in users:
-                        yield orjson.dumps(user)
+                yield from decoded
+
+    def read_buckets(self, numbers: list[int], on_bad=None) -> list[tuple[int, list[dict]]]:
+        """These buckets' users by merge key, in one round trip (each bucket read whole)."""
+        dictionary = self.codec.dictionary
+        dictionary.sync()
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.get(dictionary.keys[2])
+            for number in numbers:
+                pipe.hgetall(self.bucket_prefix + str(number))
+            stored_epoch, *found = pipe.execute()
+        _same_epoch(dictionary.epoch, (stored_epoch or b"").decode())
+        return [(number, self._decode_map(bucket, on_bad)) for number, bucket in zip(numbers, found)]
+
+    def take_changes(self) -> tuple[int, set[int], str]:
+        """(version, buckets changed since the last call, export generation), taken in one step.
+
+        The generation is a token made by the first export of a namespace; a cleared namespace loses it,
+        which tells an exporter that what it holds describes a store that is gone.
+        """
+        generation = self.key("export", "generation")
+        self.redis.set(generation, uuid.uuid4().hex[:12], nx=True)
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.get(self.key("version"))
+            pipe.smembers(self.dirty_key)
+            pipe.delete(self.dirty_key)
+            pipe.get(generation)
+            version, dirty, _, token = pipe.execute()
+        return int(version or 0), {int(b) for b in dirty}, (token or b"").decode()
+
+    def record_export(self, info: dict, bad: list[dict]) -> None:
+        """What the last all_users.json write held (the doctor, /metrics and the console read it)."""
+        self.redis.hset(self.key("export"), mapping={**{k: str(v) for k, v in info.items()},
+                                                     "bad": orjson.dumps(bad).decode()})
 
     def users_page(self, start: int, count: int) -> list[dict]:
         """`count` users from position `start` of the export order (an undecodable value is left out)."""
@@ -372,12 +438,43 @@ class Store:
         users = [user for flat in found for user in self._decode_bucket(flat, lambda key, reason: None)]
         return users[skip:skip + count]
 
+    def _decode_buckets(self, numbers: list[int], flats: list[list[bytes]], on_bad=None):
+        """Many buckets' HGETALL replies as [(number, users by merge key)], decoded in one call: at 100k
+        users most buckets hold one or two, and a call per bucket would cost more than the users."""
+        keys, values, ends = [], [], []
+        for flat in flats:
+            bucket = dict(zip(flat[::2], flat[1::2]))
+            ordered = sorted(bucket)
+            keys += ordered
+            values += [bucket[key] for key in ordered]
+            ends.append(len(keys))
+        bad: list[int] = []
+
+        def report(n: int, reason: str) -> None:
+            bad.append(n)
+            if on_bad is not None:
+                on_bad(keys[n], reason)
+
+        users = self.codec.decode(values, None if on_bad is None else report, keys)
+        out, at, gone = [], 0, iter(bad)
+        skipped, next_bad = 0, next(gone, None)
+        for number, end in zip(numbers, ends):
+            missing = 0
+            while next_bad is not None and next_bad < end:
+                missing, next_bad = missing + 1, next(gone, None)
+            count = end - skipped - missing - at
+            out.append((number, users[at:at + count]))
+            at, skipped = at + count, skipped + missing
+        return out
+
     def _decode_bucket(self, flat: list[bytes], on_bad=None) -> list[dict]:
-        """A bucket's HGETALL reply as users, by merge key."""
-        bucket = dict(zip(flat[::2], flat[1::2]))
+        """A bucket's HGETALL reply (flat, as a script returns it) as users, by merge key."""
+        return self._decode_map(dict(zip(flat[::2], flat[1::2])), on_bad)
+
+    def _decode_map(self, bucket: dict[bytes, bytes], on_bad=None) -> list[dict]:
         keys = sorted(bucket)
         report = None if on_bad is None else (lambda n, reason: on_bad(keys[n], reason))
-        return self.codec.decode([bucket[key] for key in keys], report)
+        return self.codec.decode([bucket[key] for key in keys], report, keys)
 
     def export(self, path: Path) -> dict:
         """Write all_users.json atomically from the store; returns what was written.
@@ -398,8 +495,7 @@ class Store:
         count = write_json_array(path, self.iter_users(on_bad=on_bad))
         info = {"path": str(path), "count": count, "version": version, "written_at": time.time(),
                 "undecodable": skipped}
-        self.redis.hset(self.key("export"), mapping={**{k: str(v) for k, v in info.items()},
-                                                     "bad": orjson.dumps(bad).decode()})
+        self.record_export(info, bad)
         return {**info, "bad": bad}
 
     def last_export(self) -> dict:

@@ -47,7 +47,7 @@ def test_a_tab_in_a_unary_email_round_trips_and_export_goes_on(runtime_factory):
     users = {u["email"]: u for u in json.loads(runtime.settings.output_path.read_text())}
     assert info["undecodable"] == 0
     assert users["tab\tbed@x.com"] == user
-    key = runtime.store.key("users", str(bucket_of("tab\tbed@x.com")))
+    key = runtime.store.bucket_key("tab\tbed@x.com")
     assert runtime.store.redis.hexists(key, "tab\tbed@x.com"), "stored under its whole key, not the part before TAB"
 
 
@@ -84,7 +84,7 @@ def test_an_undecodable_value_is_skipped_counted_logged_once_and_shown(connectio
     merge(store, "f", make_users(20, "ok"))
     # what the old unary path stored for email "tab\tbed@x.com": the value holds part of the key
     bad_key = "tab"
-    connection.hset(store.key("users", str(bucket_of(bad_key))), bad_key, b'7\tbed@x.com\t[0,"a"]')
+    connection.hset(store.bucket_key(bad_key), bad_key, b'7\tbed@x.com\t[0,"a"]')
     connection.incr(store.key("version"))
     events = []
     exporter = Exporter(store, tmp_path / "all_users.json", 0.05, on_event=lambda level, text: events.append(text))
@@ -109,7 +109,7 @@ def test_the_undecodable_count_is_in_metrics(runtime_factory):
     runtime = runtime_factory(watch=False, metrics_listen="127.0.0.1:0")
     store = runtime.store
     connection = store.redis
-    connection.hset(store.key("users", "3"), "broken", b"not a value")
+    connection.hset(store.bucket_prefix + "3", "broken", b"not a value")
     runtime.exporter.write()
     body = urllib.request.urlopen(f"http://{runtime.metrics.address}/metrics", timeout=10).read().decode()
     assert "swordsec_users_undecodable 1.0" in body
@@ -120,15 +120,15 @@ def test_the_exporter_thread_survives_any_exception_with_one_line(connection, na
     merge(store, "f", make_users(3, "live"))
     events = []
     exporter = Exporter(store, tmp_path / "all_users.json", 0.05, on_event=lambda level, text: events.append(text))
-    real, failures = store.export, []
+    real, failures = exporter.view.write, []
 
-    def flaky(path):
+    def flaky():
         if len(failures) < 3:
             failures.append(1)
             raise KeyError("a bug")
-        return real(path)
+        return real()
 
-    monkeypatch.setattr(store, "export", flaky)
+    monkeypatch.setattr(exporter.view, "write", flaky)
     exporter.start()
     try:
         wait_for(lambda: (tmp_path / "all_users.json").exists(), message="the export after the failures")
@@ -149,7 +149,7 @@ def test_a_merge_that_cannot_finish_writes_nothing_and_a_retry_applies_it(connec
     with pytest.raises(redis.ResponseError, match="expected a set"):
         store.merge_batch("f", attempt, "0:5", seq, users, "email")
     assert store.count() == 0 and not connection.exists(store.key("file", "f", "done"))
-    assert not connection.exists(*(store.key("users", str(bucket_of(u["email"]))) for u in users))
+    assert not connection.exists(*(store.bucket_key(u["email"]) for u in users))
     connection.delete(store.key("file", "f", "seen", attempt))
     again = store.merge_batch("f", attempt, "0:5", seq, users, "email")
     assert again["new"] == 5 and not again["already_merged"]

@@ -29,7 +29,7 @@ def test_users_come_back_exactly_as_merged(connection, namespace):
     assert by_email == {u["email"]: u for u in users}
     # the repeated strings are stored once, not in every user
     assert connection.hlen(f"{namespace}:dict") == 5  # Male, Female, the agent, Turkey, Türkiye ✓
-    stored = connection.hget(f"{namespace}:users:{codec.bucket_of(users[0]['email'])}", users[0]["email"])
+    stored = connection.hget(Store(connection, namespace).bucket_key(users[0]["email"]), users[0]["email"])
     assert b"Mozilla" not in stored and b"Turkey" not in stored
 
 
@@ -126,7 +126,7 @@ def test_the_embedded_redis_keeps_buckets_compact(embedded_broker, namespace):
         store = Store(connection, namespace)
         merge(store, "f", make_users(2000, "compact"))
         buckets = {codec.bucket_of(u["email"]) for u in make_users(2000, "compact")}
-        encodings = {connection.object("encoding", f"{namespace}:users:{b}") for b in buckets}
+        encodings = {connection.object("encoding", f"{namespace}:bucket:{b}") for b in buckets}
         assert encodings <= {b"listpack", b"ziplist"}
     finally:
         store.clear()
@@ -143,3 +143,46 @@ def test_an_export_walk_stopped_early_leaves_no_fetch_thread(connection, namespa
     assert len([next(walk) for _ in range(3)]) == 3
     walk.close()
     assert not [t for t in threading.enumerate() if t.name.startswith("export-fetch")]
+
+
+def test_users_of_the_16384_bucket_layout_are_moved_on_start_once(connection, namespace):
+    """A store written before the buckets grew to 65,536 (users:<n>, n of 16,384) keeps every user, once."""
+    import zlib
+
+    store = Store(connection, namespace)
+    users = make_users(500, "b16k")
+    epoch, rows = store.codec.encode(users)
+    for n, (user, row) in enumerate(zip(users, rows)):
+        old = zlib.crc32(user["email"].encode()) % codec.LEGACY_BUCKETS
+        connection.hset(f"{namespace}:users:{old}", user["email"], b"%d\t%s" % (n + 1, row))
+    connection.set(f"{namespace}:users:count", 500)
+    # a start interrupted half-way: some old buckets already moved, and one user merged anew since
+    first = sorted(connection.scan_iter(match=f"{namespace}:users:[0-9]*", count=1000))[:40]
+    for name in first:
+        keys = connection.hkeys(name)
+        store._rebucket(keys=[name, store.key("users", "count"), store.dirty_key],
+                        args=[store.bucket_prefix, *[p for k in keys for p in (k, codec.bucket_of(k.decode()))]])
+    newer = users[-1] | {"first_name": "Newer"}
+    attempt = store.begin_attempt("f", state="streaming")
+    store.merge_batch("f", attempt, "0:1", store.reserve_seq(1) + 1000, [newer], "email")
+    assert store.upgrade_layout("email") > 0
+    assert store.count() == 500
+    assert {u["email"]: u for u in exported(store)} == {u["email"]: u for u in users[:-1] + [newer]}
+    assert not list(connection.scan_iter(match=f"{namespace}:users:[0-9]*"))
+    assert store.upgrade_layout("email") == 0
+
+
+def test_an_email_equal_to_the_merge_key_is_stored_once(connection, namespace):
+    """The bucket's field name is the merge key: the array marks the email instead of repeating it."""
+    store = Store(connection, namespace)
+    plain, mixed = make_users(1, "mark")[0], make_users(1, "Mark")[0] | {"email": " Mixed.Case@X.com"}
+    merge(store, "f", [plain, mixed])
+    stored = connection.hget(store.bucket_key(plain["email"]), plain["email"])
+    assert plain["email"].encode() not in stored and b',0,' in stored
+    from core.records import merge_key
+
+    key = merge_key(mixed, "email")
+    kept = connection.hget(store.bucket_key(key), key)
+    assert b" Mixed.Case@X.com" in kept  # not the key: kept as sent
+    assert {u["email"]: u for u in exported(store)} == {u["email"]: u for u in (plain, mixed)}
+    assert store.users_page(0, 10) and all(isinstance(u["email"], str) for u in store.users_page(0, 10))

@@ -20,7 +20,8 @@
 --       5 counted-ranges set of this attempt, 6 the batch's staged users (deleted once applied, in the
 --       same step), 7 user count, 8 dictionary epoch, 9 unreadable inbox items, 10 staged-batch index
 --       (zset), 11 staged batch -> job id (hash), 12 Prometheus counters (hash, core/storage/lua/counters.lua),
---       13 union of the applied ranges of the file (zset, see above; optional for older callers)
+--       13 union of the applied ranges of the file (zset, see above; optional for older callers),
+--       14 buckets changed since the last export (set, core/storage/viewfile.py; optional likewise)
 -- ARGV: 1 mode ("batch", "drain" or "load"), 2 range or drain size, 3 attempt, 4 dictionary epoch the
 --       values use ("" when none), 5 bucket key prefix, then bucket, key, value triples
 -- Returns {new, updated, duplicate, taken or skipped}, or {-1} when the dictionary epoch moved on.
@@ -139,6 +140,10 @@ if mode == 'batch' then
   end
 end
 
+if KEYS[14] then
+  expect(KEYS[14], 'set')
+end
+
 -- Decide each user against what is stored (or what this same call already decided for its key: a key always
 -- comes with the same bucket, so the key alone finds it, and the bucket is compared to be sure).
 local function seq_of(value)
@@ -149,6 +154,8 @@ end
 local decided, decided_bucket = {}, {}
 local wh, wk, wv, wn = {}, {}, {}, 0  -- the writes, in order, as parallel arrays
 local new, updated, dup, added = 0, 0, 0, 0
+-- The buckets whose users all_users.json shows differently now (a newer copy of the same user changes nothing there).
+local changed = {}
 for i = 1, #ub do
   local key, value = uk[i], uv[i]
   local hash = prefix .. ub[i]
@@ -175,6 +182,7 @@ for i = 1, #ub do
   if not cseq then
     -- new, or a stored value no reader can use (damaged): the new value takes its place
     if current then updated = updated + 1 else new = new + 1; added = added + 1 end
+    changed[ub[i]] = true
   elseif cseq > vseq then
     dup = dup + 1
     write = false
@@ -182,6 +190,7 @@ for i = 1, #ub do
     dup = dup + 1  -- a duplicate too is written: its newer sequence number must win later
   else
     updated = updated + 1
+    changed[ub[i]] = true
   end
   if write then
     decided[key], decided_bucket[key] = value, hash
@@ -193,6 +202,15 @@ end
 -- 2. writes: nothing below can fail ----------------------------------------------------------------
 for i = 1, wn do
   redis.call('HSET', wh[i], wk[i], wv[i])
+end
+if KEYS[14] and next(changed) then
+  local buckets = {}
+  for bucket in pairs(changed) do
+    buckets[#buckets + 1] = bucket
+  end
+  for i = 1, #buckets, 4000 do  -- unpack has a stack limit
+    redis.call('SADD', KEYS[14], unpack(buckets, i, math.min(i + 3999, #buckets)))
+  end
 end
 if added > 0 then
   redis.call('INCRBY', count, added)

@@ -1,0 +1,252 @@
+"""all_users.json kept in step with the store by rewriting only the buckets that changed.
+
+At ten million users the file is 3 GB, and this machine writes ~170 MB/s: no change can reach a rewritten
+copy of it within seconds. So the file is made of regions, one per bucket (core/storage/codec.py) in bucket
+order, each holding its users by merge key followed by spaces (JSON whitespace): room to grow in place.
+Two copies live beside the path, `.NAME.a` and `.NAME.b`, and NAME is a symbolic link to the current one,
+replaced atomically (a new link, then os.replace). An export brings the other copy up to date, rewriting
+in place only the regions of buckets changed since that copy was written (merge.lua names them in
+export:dirty), then points the link at it. A reader that opens NAME gets one whole copy, never one being
+patched: a copy is patched only when no process has it open, which a write lease proves (the kernel grants
+one only then). Otherwise, or when a region outgrows its room, or on a process's first export, the copy is
+written whole (temporary file, fsync, rename). The users and their order are exactly those of a whole
+write; only the whitespace between buckets differs.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import tempfile
+import time
+import zlib
+from array import array
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
+
+from core.storage.codec import BUCKETS
+from core.storage.store import MAX_BAD_SAMPLES, Store
+
+# A region's room to grow: an eighth of its users' bytes and about three users more (about 22 users at 10M
+# users, 5 at 1M): a few thousand new users touch a bucket once or twice, and a copy whose bucket overflows
+# is written whole, so the room sets how rarely that happens. It costs 64 MB of spaces plus an eighth.
+ROOM_SHARE = 8
+ROOM_MIN = 1024
+PATCH_FROM = 200_000  # below this many users a whole write takes a second or so: no room, no patching
+READ_BUCKETS = 200  # changed buckets read per round trip while patching
+SEPARATOR, FIRST, OPEN, CLOSE = b",\n", b"\n", b"[", b"\n]\n"
+
+
+@dataclass
+class Copy:
+    """One copy of the file and where each bucket's region lies in it."""
+    path: Path
+    start: array = field(default_factory=lambda: array("q", bytes(8 * BUCKETS)))
+    room: array = field(default_factory=lambda: array("q", bytes(8 * BUCKETS)))  # region size, spaces included
+    users: array = field(default_factory=lambda: array("q", bytes(8 * BUCKETS)))
+    used: array = field(default_factory=lambda: array("q", bytes(8 * BUCKETS)))  # region bytes before the spaces
+    bad: dict = field(default_factory=dict)  # bucket -> (undecodable count, samples)
+    first: int = BUCKETS  # the first non-empty bucket: the only region without a leading comma
+    roomy: bool = False  # written with room to grow (a store of PATCH_FROM users or more)
+    identity: tuple = ()
+    generation: str = ""
+    version: int = -1
+    changed: set = field(default_factory=set)  # buckets changed since this copy was written
+
+
+class ViewFile:
+    def __init__(self, store: Store, path: Path, patch_from: int = PATCH_FROM):
+        self.store = store
+        self.patch_from = patch_from
+        self.path = Path(path)
+        self.copies = {name: None for name in ("a", "b")}
+        self.current = "b"  # the first export writes "a"
+        self.patched = 0  # exports that patched a copy in place (for tests and the bench)
+
+    @property
+    def behind(self) -> bool:
+        """Whether the copy the next export brings up to date misses changes (or is not written yet)."""
+        copy, current = self.copies["a" if self.current == "b" else "b"], self.copies[self.current]
+        # A store too small to patch is written whole each time: nothing to prepare.
+        return current is not None and current.roomy and (copy is None or bool(copy.changed))
+
+    def copy_path(self, name: str) -> Path:
+        return self.path.with_name(f".{self.path.name}.{name}")
+
+    def write(self) -> dict:
+        """Bring all_users.json up to the store; returns what the export record says."""
+        version, changed, generation = self.store.take_changes()
+        for copy in self.copies.values():
+            if copy is not None:
+                copy.changed |= changed
+        name = "a" if self.current == "b" else "b"
+        copy = self.copies[name]
+        self.copies[name] = None  # until it is whole again
+        # A failure leaves this copy out (written whole next time); the other one still lists every change.
+        if copy is None or not copy.roomy or copy.generation != generation or not self._patch(copy):
+            copy = self._write_whole(self.copy_path(name))
+        copy.generation, copy.version, copy.changed = generation, version, set()
+        self.copies[name] = copy
+        self._point_at(copy.path)
+        self.current = name
+        return self._record(copy)
+
+    # -- patching a copy in place ---------------------------------------------------------------------
+    def _patch(self, copy: Copy) -> bool:
+        """Rewrite the changed regions of `copy`; False when it must be written whole instead."""
+        try:
+            fd = os.open(copy.path, os.O_RDWR | os.O_NOFOLLOW)
+        except OSError:
+            return False
+        try:
+            if _identity(os.fstat(fd)) != copy.identity or not _alone(fd):
+                return False
+            todo = sorted(copy.changed)
+            if todo and todo[0] < copy.first:  # a new first region: the old first one gains its comma
+                todo = sorted({*todo, copy.first} - {BUCKETS})
+            if self._outgrown(copy, todo):
+                return False
+            first = min(todo[0], copy.first) if todo else copy.first
+            for at in range(0, len(todo), READ_BUCKETS):
+                chunk = todo[at:at + READ_BUCKETS]
+                for bucket in chunk:  # read again whole: its undecodable values are counted afresh
+                    copy.bad.pop(bucket, None)
+                for bucket, users in self.store.read_buckets(chunk, _Bad(copy).tell):
+                    body = _region(users, bucket == first)
+                    if len(body) > copy.room[bucket]:
+                        return False
+                    if users:
+                        first = min(first, bucket)
+                    os.pwrite(fd, body + b" " * (copy.room[bucket] - len(body)), copy.start[bucket])
+                    copy.users[bucket], copy.used[bucket] = len(users), len(body)
+            os.fsync(fd)
+            copy.first = first
+            copy.identity = _identity(os.fstat(fd))
+        finally:
+            os.close(fd)
+        self.patched += 1
+        return True
+
+    def _outgrown(self, copy: Copy, todo: list[int]) -> bool:
+        """Whether the new users of these buckets (counted, not read) already overflow a region: then
+        decoding them for a patch would be wasted (during a long ingest, most exports)."""
+        line = max(1, sum(copy.used) // max(1, sum(copy.users)))
+        for at in range(0, len(todo), 4096):
+            chunk = todo[at:at + 4096]
+            with self.store.redis.pipeline(transaction=False) as pipe:
+                for bucket in chunk:
+                    pipe.hlen(self.store.bucket_prefix + str(bucket))
+                sizes = pipe.execute()
+            for bucket, size in zip(chunk, sizes):
+                if copy.used[bucket] + (size - copy.users[bucket]) * line > copy.room[bucket]:
+                    return True
+        return False
+
+    # -- writing a copy whole ---------------------------------------------------------------------------
+    def _write_whole(self, target: Path) -> Copy:
+        from core.storage.privacy import file_mode
+
+        copy = Copy(target, roomy=self.store.count() >= self.patch_from)
+        least = ROOM_MIN if copy.roomy else 0
+        bad = _Bad(copy)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=target.name + ".", suffix=".tmp", dir=target.parent)
+        try:
+            with os.fdopen(fd, "wb", buffering=1 << 20) as out:
+                out.write(OPEN)
+                position, previous = len(OPEN), 0
+                for bucket, users in self.store.iter_buckets(on_bad=bad.tell):
+                    if not users:
+                        continue
+                    position = _empty_regions(out, copy, previous, bucket, position, least)
+                    body = _region(users, copy.first == BUCKETS)
+                    copy.first = min(copy.first, bucket)
+                    room = len(body) + (len(body) // ROOM_SHARE + least if copy.roomy else 0)
+                    out.write(body)
+                    out.write(b" " * (room - len(body)))
+                    copy.start[bucket], copy.room[bucket], copy.users[bucket] = position, room, len(users)
+                    copy.used[bucket] = len(body)
+                    position += room
+                    previous = bucket + 1
+                _empty_regions(out, copy, previous, BUCKETS, position, least)
+                out.write(CLOSE)
+                out.flush()
+                os.fsync(out.fileno())
+                copy.identity = _identity(os.fstat(out.fileno()))
+            os.chmod(tmp, file_mode())  # personal data: 0600, or 0640 with --group-readable
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return copy
+
+    def _point_at(self, target: Path) -> None:
+        link = self.path.with_name(f".{self.path.name}.link")
+        link.unlink(missing_ok=True)
+        os.symlink(target.name, link)
+        os.replace(link, self.path)
+        dir_fd = os.open(self.path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+    def _record(self, copy: Copy) -> dict:
+        samples = [sample for _, found in sorted(copy.bad.items()) for sample in found[1]][:MAX_BAD_SAMPLES]
+        info = {"path": str(self.path), "count": sum(copy.users), "version": copy.version, "written_at": time.time(),
+                "undecodable": sum(found[0] for found in copy.bad.values())}
+        self.store.record_export(info, samples)
+        return {**info, "bad": samples}
+
+
+class _Bad:
+    """Collects the undecodable values of the buckets being read, bucket by bucket (a patched bucket's old
+    ones go: it was read again whole)."""
+
+    def __init__(self, copy: Copy):
+        self.copy = copy
+
+    def tell(self, key: bytes, reason: str) -> None:
+        bucket = zlib.crc32(key) % BUCKETS  # bucket_of on the stored bytes, whatever they hold
+        count, samples = self.copy.bad.get(bucket, (0, []))
+        if len(samples) < MAX_BAD_SAMPLES:
+            samples = [*samples, {"key": key.decode(errors="replace"), "reason": reason}]
+        self.copy.bad[bucket] = (count + 1, samples)
+
+
+def _empty_regions(out, copy: Copy, first: int, end: int, position: int, room: int) -> int:
+    """Regions for the empty buckets first..end-1: `room` spaces each; returns the position after them."""
+    for empty in range(first, end):
+        copy.start[empty], copy.room[empty] = position, room
+        position += room
+    if room and end > first:
+        out.write(b" " * (room * (end - first)))
+    return position
+
+
+def _region(users: list[dict], first: bool) -> bytes:
+    if not users:
+        return b""
+    return (FIRST if first else SEPARATOR) + SEPARATOR.join(orjson.dumps(user) for user in users)
+
+
+def _identity(stat: os.stat_result) -> tuple:
+    return stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns
+
+
+def _alone(fd: int) -> bool:
+    """Whether no other open file description refers to this file: the kernel grants a write lease only then.
+
+    The lease is let go at once; a process opening the copy in that instant makes the kernel signal us,
+    which F_SETSIG turns into SIGURG (ignored by default) rather than SIGIO (which would end the process).
+    """
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETSIG, signal.SIGURG)
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_WRLCK)
+    except OSError:
+        return False
+    fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+    return True

@@ -1,0 +1,208 @@
+"""all_users.json patched bucket by bucket (core/storage/viewfile.py): always exactly the store, always whole."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import orjson
+import pytest
+
+from core.storage import codec, viewfile
+from core.storage.store import Store
+from core.storage.viewfile import ViewFile
+from tests.conftest import make_users
+
+
+def merge(store: Store, users: list[dict], report: str = "f") -> dict:
+    attempt = store.begin_attempt(report, state="streaming")
+    span = f"{store.reserve_seq(0)}:{len(users)}"
+    return store.merge_batch(report, attempt, span, store.reserve_seq(len(users)), users, "email")
+
+
+def in_store(store: Store) -> list[dict]:
+    """What a whole export writes, in its order."""
+    return [orjson.loads(raw) for raw in store.iter_users(on_bad=lambda key, reason: None)]
+
+
+def in_file(view: ViewFile) -> list[dict]:
+    return json.loads(view.path.read_bytes())
+
+
+def same_bucket(bucket: int, count: int, tag: str) -> list[dict]:
+    """`count` users whose merge keys all fall into `bucket`."""
+    found, n = [], 0
+    while len(found) < count:
+        user = make_users(1, tag, start=n)[0]
+        if codec.bucket_of(user["email"]) == bucket:
+            found.append(user)
+        n += 1
+    return found
+
+
+@pytest.fixture
+def view(connection, namespace, tmp_path):
+    store = Store(connection, namespace)
+    merge(store, make_users(2000, "base"))
+    view = ViewFile(store, tmp_path / "all_users.json", patch_from=0)  # room to grow at any size
+    view.write()
+    view.write()
+    assert view.patched == 0, "the first export of a process writes each copy whole"
+    yield view
+    store.clear()
+
+
+def test_new_and_updated_users_reach_the_file_by_patching_it(view):
+    store = view.store
+    assert in_file(view) == in_store(store)
+    merge(store, make_users(5, "new"), "g")
+    info = view.write()
+    assert view.patched == 1 and info["count"] == 2005
+    assert in_file(view) == in_store(store)
+    # an update of a user the previous patch appended, and of an old one, right in the file after the next
+    changed = [make_users(5, "new")[2] | {"first_name": "Renamed"}, make_users(2000, "base")[7] | {"country": "Peru"}]
+    merge(store, changed, "h")
+    view.write()
+    assert view.patched == 2
+    users = in_file(view)
+    assert users == in_store(store) and len(users) == 2005
+    by_email = {u["email"]: u for u in users}
+    assert by_email[changed[0]["email"]]["first_name"] == "Renamed"
+    assert by_email[changed[1]["email"]]["country"] == "Peru"
+
+
+def test_the_link_switches_between_two_copies_and_each_is_whole(view):
+    first = os.readlink(view.path)
+    merge(view.store, make_users(3, "switch"), "g")
+    view.write()
+    second = os.readlink(view.path)
+    assert {first, second} == {".all_users.json.a", ".all_users.json.b"}
+    for name in (first, second):
+        json.loads((view.path.parent / name).read_bytes())
+    assert in_file(view) == in_store(view.store)
+
+
+def test_a_duplicate_marks_no_bucket_changed(view):
+    store = view.store
+    merge(store, make_users(3, "base"), "again")  # the same users again: duplicates
+    assert store.take_changes()[1] == set()
+    merge(store, make_users(1, "fresh"), "g")
+    assert store.take_changes()[1] == {codec.bucket_of(make_users(1, "fresh")[0]["email"])}
+
+
+def test_a_copy_someone_is_reading_is_written_whole_not_patched(view):
+    store = view.store
+    merge(store, make_users(2, "one"), "g")
+    view.write()  # now the link points at the other copy; the first one is next
+    next_copy = view.copy_path("a" if view.current == "b" else "b")
+    with open(next_copy, "rb") as reader:
+        before = reader.read(100)
+        merge(store, make_users(2, "two"), "h")
+        view.write()
+        assert view.patched == 1, "the open copy was not patched"
+        reader.seek(0)
+        assert reader.read(100) == before
+        json.loads(before + reader.read())  # the reader's copy is still whole
+    assert in_file(view) == in_store(store)
+
+
+def test_a_bucket_that_outgrows_its_room_has_the_copy_written_whole(view):
+    store = view.store
+    merge(store, make_users(1, "x"), "g")
+    view.write()
+    view.write()
+    assert view.patched == 2
+    bucket = codec.bucket_of(make_users(1, "x")[0]["email"])
+    merge(store, same_bucket(bucket, 12, "crowd"), "h")  # far more than an eighth of its bytes
+    view.write()
+    assert view.patched == 2
+    assert in_file(view) == in_store(store)
+
+
+def test_an_export_that_fails_half_way_leaves_the_file_whole_and_the_next_one_right(view, monkeypatch):
+    store = view.store
+    before = in_file(view)
+    merge(store, make_users(1, "first"), "g")
+    view.write()  # the other copy holds it; the copy patched next holds the state before
+    before = in_file(view)
+    merge(store, make_users(300, "crash"), "h")
+    real, calls = os.pwrite, []
+
+    def crash(fd, data, offset):
+        calls.append(1)
+        if len(calls) == 5:
+            raise OSError(28, "No space left on device")
+        return real(fd, data, offset)
+
+    monkeypatch.setattr(viewfile.os, "pwrite", crash)
+    with pytest.raises(OSError):
+        view.write()
+    monkeypatch.undo()
+    assert in_file(view) == before, "the file readers open is the last whole export"
+    view.write()
+    assert in_file(view) == in_store(store) and len(in_file(view)) == 2301
+
+
+def test_a_whole_write_that_fails_leaves_no_temporary_file(view, monkeypatch):
+    store = view.store
+    before = in_file(view)
+    merge(store, make_users(10, "w"), "g")
+    view.copies = {"a": None, "b": None}  # as in a new process: the next export writes a copy whole
+
+    def broken(*args, **kwargs):
+        yield 0, []
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(store, "iter_buckets", broken)
+    with pytest.raises(OSError):
+        view.write()
+    monkeypatch.undo()
+    assert in_file(view) == before
+    assert sorted(p.name for p in view.path.parent.iterdir()) == [".all_users.json.a", ".all_users.json.b", "all_users.json"]
+    view.write()
+    assert in_file(view) == in_store(store)
+
+
+def test_a_cleared_namespace_is_written_whole(view):
+    store = view.store
+    store.clear()
+    merge(store, make_users(4, "after"), "g")
+    info = view.write()
+    assert view.patched == 0 and info["count"] == 4
+    assert in_file(view) == in_store(store)
+
+
+def test_an_undecodable_value_is_counted_once_across_patches(view):
+    store = view.store
+    store.redis.hset(store.bucket_key("broken@x.com"), "broken@x.com", b"not a value")
+    view.copies = {"a": None, "b": None}
+    assert view.write()["undecodable"] == 1
+    merge(store, make_users(1, "again"), "g")
+    assert view.write()["undecodable"] == 1  # the other copy, written whole
+    merge(store, same_bucket(codec.bucket_of("broken@x.com"), 1, "beside"), "h")  # its bucket read again
+    info = view.write()
+    assert view.patched == 1
+    assert info["undecodable"] == 1 and info["bad"][0]["key"] == "broken@x.com"
+    assert in_file(view) == in_store(store)
+
+
+def test_the_exporter_brings_the_other_copy_up_to_date_once_quiet(connection, namespace, tmp_path):
+    """After a long ingest the copy not shown is far behind: written while quiet, a later drop only patches."""
+    from core.storage.exporter import Exporter
+    from tests.conftest import wait_for
+
+    store = Store(connection, namespace)
+    exporter = Exporter(store, tmp_path / "all_users.json", 0.05)
+    exporter.view.patch_from = 0
+    try:
+        merge(store, make_users(300, "quiet"))
+        exporter.start()
+        wait_for(lambda: not exporter.view.behind and exporter.view.copies["a"] and exporter.view.copies["b"],
+                 message="both copies written")
+        merge(store, make_users(2, "later"), "g")
+        wait_for(lambda: exporter.view.patched >= 1, message="the drop patched in")
+        wait_for(lambda: len(in_file(exporter.view)) == 302, message="the drop in all_users.json")
+        assert in_file(exporter.view) == in_store(store)
+    finally:
+        exporter.stop()
+        store.clear()
