@@ -59,6 +59,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="Redis of the seed's shape (default: redis://127.0.0.1:6379 if it answers, else an embedded one)")
     parser.add_argument("--ours-redis-url", default=None,
                         help="Redis for our pipeline (default: its own embedded one, as --no-ui --once runs)")
+    parser.add_argument("--baseline", default=None, metavar="PROGRAM",
+                        help="another build's swordsec-console (an older checkout's venv): run in rounds alternating "
+                             "with ours on the same file, and its best round printed beside ours")
     return parser.parse_args(argv)
 
 
@@ -143,9 +146,12 @@ def run_seed(bench: BenchRedis, paths: list[Path], users: int, workers: int, out
 
 
 # -- (b) our pipeline -----------------------------------------------------------------------------------
-def run_ours(folder: Path, users: int, out_dir: Path, redis_url: str | None) -> dict:
+OURS = str(Path(sys.executable).parent / "swordsec-console")
+
+
+def run_ours(folder: Path, users: int, out_dir: Path, redis_url: str | None, program: str = OURS) -> dict:
     """The program, headless and once, as a user runs it; its own embedded Redis unless redis_url is given."""
-    command = [str(Path(sys.executable).parent / "swordsec-console"), "--no-ui", "--once", "--watch", str(folder),
+    command = [program, "--no-ui", "--once", "--watch", str(folder),
                "--data-dir", str(out_dir / "data"), "--grpc-listen", "127.0.0.1:0"]
     namespace = f"benchours-{uuid.uuid4().hex[:10]}"
     if redis_url:
@@ -220,14 +226,27 @@ def main(argv=None) -> int:
             redis_kind = f"{bench.kind} {bench.version()}"
         finally:
             bench.close()
-        ours = []
+        ours, baseline = [], []
         for round_ in range(max(1, args.rounds)):
-            print(f"(b) our pipeline on {args.users:,} (round {round_ + 1}) ...", flush=True)
-            (scratch / f"round{round_}").mkdir()
-            ours.append(run_ours(big.parent, args.users, scratch / f"round{round_}", args.ours_redis_url))
+            # Alternating (ABBA...) so a change in the machine's load falls on both sides alike.
+            order = [(OURS, ours), (args.baseline, baseline)] if args.baseline else [(OURS, ours)]
+            for program, runs in (order if round_ % 2 == 0 else order[::-1]):
+                label = "our pipeline" if runs is ours else f"baseline {program}"
+                print(f"(b) {label} on {args.users:,} (round {round_ + 1}) ...", flush=True)
+                out = scratch / f"round{round_}-{'ours' if runs is ours else 'baseline'}"
+                out.mkdir()
+                runs.append(run_ours(big.parent, args.users, out, args.ours_redis_url, program))
         print("(c) orjson.loads of the same file ...", flush=True)
         parse = run_orjson(big, args.users)
-        report(redis_kind, seed, min(ours, key=lambda run: run["seconds"]), parse, [run["seconds"] for run in ours])
+        best = min(ours, key=lambda run: run["seconds"])
+        report(redis_kind, seed, best, parse, [run["seconds"] for run in ours])
+        if baseline:
+            old = min(baseline, key=lambda run: run["seconds"])
+            every = ", ".join(f"{run['seconds']:.2f} s" for run in baseline)
+            print(f"baseline {args.baseline}: best {old['seconds']:.2f} s = {old['users'] / old['seconds']:,.0f} "
+                  f"users/s ({old['users'] / old['seconds'] / (parse['users'] / parse['seconds']):.1%} of orjson.loads; "
+                  f"all: {every}); "
+                  f"ours / baseline: {old['seconds'] / best['seconds']:.2f}x")
     return 0
 
 
