@@ -263,14 +263,15 @@ def test_a_full_disk_is_one_clear_line_no_restart_loop_and_recovers_by_itself(tm
                 continue
         write_users(tmp_path / "drop", "second.json", 1_000, "b")
         data = str(small_disk / "data")
-        snap = wait_for(lambda: _disk_problem(runtime, 2), timeout=20,
-                        message="the doctor to name the full disk, for Redis and for all_users.json")
+        # Redis refuses writes once its append-only file cannot grow. all_users.json fails too only when a
+        # change reached Redis before that (second.json may or may not have): when it does, it is one line too.
+        snap = wait_for(lambda: _disk_problem(runtime, 1), timeout=20, message="the doctor to name the full disk")
         assert all(data in p.what for p in snap.problems if p.level == "error"), [p.what for p in snap.problems]
         time.sleep(4)  # attempts go on meanwhile; the lines must not
         lines = [e.text for e in runtime.events.recent(2000) if e.level == "error"]
         # One line per thing that cannot write, not one per attempt. (The watcher's own "ingest failed, will
         # retry" lines are core/intake/watcher.py's, bounded by issue 9 item 4.)
-        assert len([t for t in lines if "cannot write" in t and data in t]) == 1, lines
+        assert len([t for t in lines if "cannot write" in t and data in t]) <= 1, lines
         assert len([t for t in lines if t.startswith("redis:") and "refuses writes" in t and data in t]) == 1, lines
         assert not runtime.supervisor.dead, "no worker restart loop"
         filler.unlink()  # space returns: everything resumes without a restart

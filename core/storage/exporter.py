@@ -118,9 +118,11 @@ class Exporter(Background):
                 self.error = ""
             return time.monotonic()
         except (OSError, redis.RedisError) as error:
+            # One line when writing stops working (the doctor shows the latest reason): a full disk fails here
+            # as a refused Redis write, then as a failed file write, and is still one failure.
             reason = f"cannot write {self.path}: {getattr(error, 'strerror', None) or error}"
-            if reason != self.error:
+            if not self.error:
                 self.on_event("error", reason)
-                self.error = reason
+            self.error = reason
             self._stop.wait(1.0)
             return None

@@ -62,7 +62,7 @@ async def test_attached_console_follows_a_pipeline_started_elsewhere(runtime_fac
             merged = [e.text for e in pipeline.events.recent(500) if "1.json" in e.text or "6.json" in e.text]
             await until(pilot, lambda: [e.text for e in app.snapshot.events if e.text in merged] == merged,
                         message="the pipeline's lines in the attached console")
-            await pilot.press("enter")
+            await pilot.press("4", "enter")  # the Files panel, whatever had the focus
             await until(pilot, lambda: isinstance(app.screen, FileReportScreen), message="a file report")
             await pilot.press("escape")
             # Replay the damaged file: the owner moves it back from quarantine and answers.
