@@ -183,7 +183,7 @@ class Runtime:
                 self.exporter.start()
             self.client = UsersClient(self._client_target(), tls_ca=s.tls_cert, token=s.token,
                                       server_name=server_name(s.tls_cert) if s.tls else None)
-            self.watcher = Watcher(s.watch, s.data_dir, self.store, self.client, self.events,
+            self.watcher = Watcher(s.watch, self.store, self.client, self.events,
                                    batch_size=s.batch_size, quiet_period=s.quiet_period, poll=s.poll,
                                    after_merge=s.after_merge)
             if self.watch:

@@ -55,11 +55,10 @@ _SERVICE_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.S
 
 
 class Watcher:
-    def __init__(self, folder: Path, data_dir: Path, store: Store, client: UsersClient, events: EventLog, *,
+    def __init__(self, folder: Path, store: Store, client: UsersClient, events: EventLog, *,
                  batch_size: int = 1000, quiet_period: float = 1.0, poll: bool = False, after_merge: str = "keep",
                  readers: int = 3):
         self.folder = Path(folder).absolute()
-        self.data_dir = Path(data_dir)
         self.store = store
         self.client = client
         self.events = events
