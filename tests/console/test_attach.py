@@ -65,12 +65,19 @@ async def test_attached_console_follows_a_pipeline_started_elsewhere(runtime_fac
             await pilot.press("4", "enter")  # the Files panel, whatever had the focus
             await until(pilot, lambda: isinstance(app.screen, FileReportScreen), message="a file report")
             await pilot.press("escape")
+            # A key pressed before the report screen is gone goes to that screen: wait for the dashboard first.
+            await until(pilot, lambda: isinstance(app.screen, DashboardScreen), message="the report closed")
             # Replay the damaged file: the owner moves it back from quarantine and answers.
             table = dashboard(app).query_one("#panel-4 DataTable", DataTable)
             damaged = next(key for key, cells in table_cells(app, "panel-4").items() if cells["file"] == "6.json")
             table.move_cursor(row=[key.value for key in table.rows].index(damaged))
+            files = dashboard(app).query_one("#panel-4")
+            await until(pilot, lambda: app.focused is table and (files.selected or {}).get("name") == "6.json",
+                        message="6.json selected in the focused Files table")
             await pilot.press("x")
-            await until(pilot, lambda: "6.json replayed" in notes(app), message="the owner's answer to the replay")
+            answer = await until(pilot, lambda: [n for n in notes(app) if "6.json" in n or "cannot" in n],
+                                 message="the owner's answer to the replay")
+            assert "6.json replayed" in answer, answer
             assert any(e.text == "6.json replayed" for e in pipeline.events.recent(50))
             await pilot.press("q")
             await until(pilot, lambda: not app.is_running, message="the attached console to quit")
