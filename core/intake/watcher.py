@@ -42,6 +42,7 @@ from core.intake.dropfiles import UNSEEN, Refused, is_candidate, open_checked, s
 from core.ops.events import EventLog
 from core.storage.codec import StaleDictionary
 from core.storage.store import Store
+from core.trace import mark
 
 DONE_STATES = ("merged", "rejected")
 RESCAN_INTERVAL = 5.0
@@ -164,6 +165,7 @@ class Watcher:
                                             recursive=False, raise_interrupt=False):
                 for change, name in changes:
                     if change != watchfiles.Change.deleted:
+                        mark("event", Path(name).name)
                         self._note(Path(name))
                 if time.monotonic() - scanned_at > RESCAN_INTERVAL:
                     scanned_at = time.monotonic()
@@ -190,6 +192,7 @@ class Watcher:
                 elif ready and path not in self.queued:  # else it is handled now: it waits for that to end
                     del self.candidates[path]
                     self.queued.add(path)
+                    mark("stable", path.name)
                     self.ready.put(path)
                 else:
                     self.candidates[path] = current
@@ -338,7 +341,9 @@ class Watcher:
         """Send the file; the server records everything about it (begin, progress, finish, damage and its
         quarantine copy, the merged line). Here only what the after-merge policy needs is kept."""
         started = time.time()
+        mark("send", path.name)
         result = self.client.send_file(path, batch_size=self.batch_size, source=source)
+        mark("sent", f"{path.name} {result.state}")
         report_id = result.file_id or report_id
         if result.state == "busy":  # the same content is arriving from another sender: look again later
             with self._lock:

@@ -32,6 +32,7 @@ from core.service.admission import DEFAULT_IDLE_TIMEOUT, MAX_BATCH_USERS, RESERV
 from core.service.backpressure import StagedBytes
 from core.service.ledger import RAW_CHUNK_BYTES, Ledger, SourceStream
 from core.storage.store import Store
+from core.trace import mark
 from protobufs import users_pb2, users_pb2_grpc
 
 SERVICE_NAME = users_pb2.DESCRIPTOR.services_by_name["Users"].full_name
@@ -179,6 +180,7 @@ class Intake:
                                          "span": span, "seq": seq, "key": self.key_field, "source": source,
                                          "blob": blob, "count": len(users)})
         self.store.track_staged(blob, job.id)
+        mark("enqueued", job.id)
 
     def unary(self, user: dict) -> None:
         if self.store.push_unary(user, self.key_field):

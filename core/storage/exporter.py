@@ -17,6 +17,7 @@ from core.background import Background
 from core.storage.staging import STAGED_GRACE, sweep_staged
 from core.storage.store import Store
 from core.storage.viewfile import ViewFile
+from core.trace import mark
 
 SETTLE = 0.2
 # How often the version is looked at (one GET). A quiet pipeline's last merge reaches the file within this.
@@ -53,8 +54,10 @@ class Exporter(Background):
             if not force and version == self._written_version and self.path.exists():
                 return self.last
             started = time.monotonic()
+            mark("export", str(version))
             self.last = self.view.write()
             self.last_seconds = time.monotonic() - started
+            mark("exported", str(self.last["version"]))
             self._written_version = self.last["version"]
             self._tell_bad(self.last)
             return self.last
@@ -96,6 +99,7 @@ class Exporter(Background):
                 if swept := sweep_staged(self.store):
                     self.on_event("info", f"deleted {swept} staged batch(es) whose job is gone")
             if version != seen:
+                mark("version", str(version))
                 seen, changed_at = version, now
             if version == self._written_version:
                 # Quiet: bring the other copy up to date too, so the next change only patches it (a copy left
