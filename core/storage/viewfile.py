@@ -8,9 +8,13 @@ replaced atomically (a new link, then os.replace). An export brings the other co
 in place only the regions of buckets changed since that copy was written (merge.lua names them in
 export:dirty), then points the link at it. A reader that opens NAME gets one whole copy, never one being
 patched: a copy is patched only when no process has it open, which a write lease proves (the kernel grants
-one only then). Otherwise, or when a region outgrows its room, or on a process's first export, the copy is
-written whole (temporary file, fsync, rename). The users and their order are exactly those of a whole
-write; only the whitespace between buckets differs.
+one only then). Otherwise, or when a region outgrows its room, or in a store too small to leave room, the
+copy is made anew (temporary file, fsync, rename) from the current one: the regions of unchanged buckets
+are copied as they are, by the kernel, and only the changed ones are read from the store (a 1,000-user drop
+onto 20,000 users: ~15 ms instead of ~150 ms to walk and encode every bucket). Only on a process's first
+export, or when the current copy cannot serve (changed on disk, another layout, a cleared store), is a copy
+written whole from the store. The users and their order are exactly those of a whole write; only the
+whitespace between buckets differs.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import orjson
 
 from core.storage.codec import BUCKETS
 from core.storage.store import MAX_BAD_SAMPLES, Store
+from core.trace import mark
 
 # A region's room to grow: an eighth of its users' bytes and about three users more (about 22 users at 10M
 # users, 5 at 1M): a few thousand new users touch a bucket once or twice, and a copy whose bucket overflows
@@ -65,6 +70,7 @@ class ViewFile:
         self.copies = {name: None for name in ("a", "b")}
         self.current = "b"  # the first export writes "a"
         self.patched = 0  # exports that patched a copy in place (for tests and the bench)
+        self.spliced = 0  # exports that made a copy anew from the current one
 
     @property
     def behind(self) -> bool:
@@ -79,6 +85,7 @@ class ViewFile:
     def write(self) -> dict:
         """Bring all_users.json up to the store; returns what the export record says."""
         version, changed, generation = self.store.take_changes()
+        mark("export-changes", str(len(changed)))
         for copy in self.copies.values():
             if copy is not None:
                 copy.changed |= changed
@@ -87,10 +94,12 @@ class ViewFile:
         self.copies[name] = None  # until it is whole again
         # A failure leaves this copy out (written whole next time); the other one still lists every change.
         if copy is None or not copy.roomy or copy.generation != generation or not self._patch(copy):
-            copy = self._write_whole(self.copy_path(name))
+            copy = self._splice(self.copy_path(name), generation) or self._write_whole(self.copy_path(name))
         copy.generation, copy.version, copy.changed = generation, version, set()
         self.copies[name] = copy
+        mark("export-copy")
         self._point_at(copy.path)
+        mark("export-link")
         self.current = name
         return self._record(copy)
 
@@ -145,6 +154,66 @@ class ViewFile:
                     return True
         return False
 
+    # -- making a copy anew from the current one ---------------------------------------------------------
+    def _splice(self, target: Path, generation: str) -> Copy | None:
+        """Write `target` as the current copy with its changed buckets read again; None when it cannot serve."""
+        source = self.copies[self.current]
+        roomy = self.store.count() >= self.patch_from
+        if source is None or source.generation != generation or source.roomy != roomy:
+            return None
+        try:
+            src = os.open(source.path, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
+            return None
+        try:
+            if _identity(os.fstat(src)) != source.identity:
+                return None  # changed on disk by someone else: only the store can say what it holds
+            copy = self._splice_from(src, source, target, roomy)
+        finally:
+            os.close(src)
+        self.spliced += 1
+        return copy
+
+    def _splice_from(self, src: int, source: Copy, target: Path, roomy: bool) -> Copy:
+        from core.storage.privacy import file_mode
+
+        todo = sorted(source.changed)
+        if todo and todo[0] < source.first < BUCKETS:  # a new first region: the old first one gains its comma
+            todo = sorted({*todo, source.first})
+        copy = Copy(target, roomy=roomy)
+        copy.bad = {bucket: found for bucket, found in source.bad.items() if bucket not in set(todo)}
+        least = ROOM_MIN if roomy else 0
+        fd, tmp = tempfile.mkstemp(prefix=target.name + ".", suffix=".tmp", dir=target.parent)
+        try:
+            _write_all(fd, OPEN)
+            position, at = len(OPEN), 0
+            for begin in range(0, len(todo), READ_BUCKETS):  # a chunk at a time: memory stays flat at any size
+                for bucket, users in self.store.read_buckets(todo[begin:begin + READ_BUCKETS], _Bad(copy).tell):
+                    position = _copy_regions(src, fd, source, copy, at, bucket, position)
+                    body = _region(users, copy.first == BUCKETS)
+                    room = len(body) + (len(body) // ROOM_SHARE + least if roomy else 0)
+                    _write_all(fd, body + b" " * (room - len(body)))
+                    copy.start[bucket], copy.room[bucket], copy.users[bucket] = position, room, len(users)
+                    copy.used[bucket] = len(body)
+                    if users:
+                        copy.first = min(copy.first, bucket)
+                    position, at = position + room, bucket + 1
+            _copy_regions(src, fd, source, copy, at, BUCKETS, position)
+            _write_all(fd, CLOSE)
+            mark("export-fsync")
+            os.fsync(fd)
+            copy.identity = _identity(os.fstat(fd))
+            os.close(fd)
+            fd = -1
+            os.chmod(tmp, file_mode())  # personal data: 0600, or 0640 with --group-readable
+            os.replace(tmp, target)
+        except BaseException:
+            if fd >= 0:
+                os.close(fd)
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return copy
+
     # -- writing a copy whole ---------------------------------------------------------------------------
     def _write_whole(self, target: Path) -> Copy:
         from core.storage.privacy import file_mode
@@ -174,7 +243,9 @@ class ViewFile:
                 _empty_regions(out, copy, previous, BUCKETS, position, least)
                 out.write(CLOSE)
                 out.flush()
+                mark("export-fsync")
                 os.fsync(out.fileno())
+                mark("export-synced")
                 copy.identity = _identity(os.fstat(out.fileno()))
             os.chmod(tmp, file_mode())  # personal data: 0600, or 0640 with --group-readable
             os.replace(tmp, target)
@@ -225,6 +296,45 @@ def _empty_regions(out, copy: Copy, first: int, end: int, position: int, room: i
     if room and end > first:
         out.write(b" " * (room * (end - first)))
     return position
+
+
+def _copy_regions(src: int, fd: int, source: Copy, copy: Copy, first: int, end: int, position: int) -> int:
+    """Append the regions of buckets first..end-1 of `source` to `fd` as they are, recording where they now lie
+    in `copy`; returns the position after them. Regions lie end to end in bucket order: one span, one copy."""
+    if end <= first:
+        return position
+    begin = source.start[first]
+    size = source.start[end - 1] + source.room[end - 1] - begin
+    _copy_span(src, fd, begin, size)
+    shift = position - begin
+    copy.start[first:end] = array("q", [start + shift for start in source.start[first:end]])
+    for name in ("room", "users", "used"):
+        getattr(copy, name)[first:end] = getattr(source, name)[first:end]
+    if first <= source.first < end:
+        copy.first = min(copy.first, source.first)
+    return position + size
+
+
+def _copy_span(src: int, fd: int, offset: int, size: int) -> None:
+    """Copy `size` bytes of `src` from `offset` to the end of what `fd` holds: in the kernel where it can."""
+    while size > 0:
+        try:
+            done = os.copy_file_range(src, fd, size, offset)
+        except OSError:  # a file system or kernel without it: read and write
+            done = 0
+        if done <= 0:
+            chunk = os.pread(src, min(size, 1 << 20), offset)
+            if not chunk:
+                raise OSError(f"the current copy ended early at byte {offset}")
+            _write_all(fd, chunk)
+            done = len(chunk)
+        offset, size = offset + done, size - done
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def _region(users: list[dict], first: bool) -> bytes:
