@@ -27,6 +27,7 @@ import time
 import zlib
 from array import array
 from dataclasses import dataclass, field
+from itertools import accumulate
 from pathlib import Path
 
 import orjson
@@ -180,26 +181,27 @@ class ViewFile:
         todo = sorted(source.changed)
         if todo and todo[0] < source.first < BUCKETS:  # a new first region: the old first one gains its comma
             todo = sorted({*todo, source.first})
-        copy = Copy(target, roomy=roomy)
+        copy = Copy(target, roomy=roomy, room=array("q", source.room), users=array("q", source.users),
+                    used=array("q", source.used), first=source.first)
         copy.bad = {bucket: found for bucket, found in source.bad.items() if bucket not in set(todo)}
         least = ROOM_MIN if roomy else 0
         fd, tmp = tempfile.mkstemp(prefix=target.name + ".", suffix=".tmp", dir=target.parent)
         try:
             _write_all(fd, OPEN)
-            position, at = len(OPEN), 0
+            at = 0
             for begin in range(0, len(todo), READ_BUCKETS):  # a chunk at a time: memory stays flat at any size
                 for bucket, users in self.store.read_buckets(todo[begin:begin + READ_BUCKETS], _Bad(copy).tell):
-                    position = _copy_regions(src, fd, source, copy, at, bucket, position)
-                    body = _region(users, copy.first == BUCKETS)
+                    _copy_regions(src, fd, source, at, bucket)
+                    if bucket <= copy.first:  # the first region so far, or one before it (its comma is added)
+                        copy.first = bucket if users else BUCKETS
+                    body = _region(users, copy.first == bucket)
                     room = len(body) + (len(body) // ROOM_SHARE + least if roomy else 0)
                     _write_all(fd, body + b" " * (room - len(body)))
-                    copy.start[bucket], copy.room[bucket], copy.users[bucket] = position, room, len(users)
-                    copy.used[bucket] = len(body)
-                    if users:
-                        copy.first = min(copy.first, bucket)
-                    position, at = position + room, bucket + 1
-            _copy_regions(src, fd, source, copy, at, BUCKETS, position)
+                    copy.room[bucket], copy.users[bucket], copy.used[bucket] = room, len(users), len(body)
+                    at = bucket + 1
+            _copy_regions(src, fd, source, at, BUCKETS)
             _write_all(fd, CLOSE)
+            copy.start = array("q", accumulate(copy.room, initial=len(OPEN)))[:BUCKETS]  # regions lie end to end
             mark("export-fsync")
             os.fsync(fd)
             copy.identity = _identity(os.fstat(fd))
@@ -298,21 +300,12 @@ def _empty_regions(out, copy: Copy, first: int, end: int, position: int, room: i
     return position
 
 
-def _copy_regions(src: int, fd: int, source: Copy, copy: Copy, first: int, end: int, position: int) -> int:
-    """Append the regions of buckets first..end-1 of `source` to `fd` as they are, recording where they now lie
-    in `copy`; returns the position after them. Regions lie end to end in bucket order: one span, one copy."""
-    if end <= first:
-        return position
-    begin = source.start[first]
-    size = source.start[end - 1] + source.room[end - 1] - begin
-    _copy_span(src, fd, begin, size)
-    shift = position - begin
-    copy.start[first:end] = array("q", [start + shift for start in source.start[first:end]])
-    for name in ("room", "users", "used"):
-        getattr(copy, name)[first:end] = getattr(source, name)[first:end]
-    if first <= source.first < end:
-        copy.first = min(copy.first, source.first)
-    return position + size
+def _copy_regions(src: int, fd: int, source: Copy, first: int, end: int) -> None:
+    """Append the regions of buckets first..end-1 of `source` to `fd` as they are. Regions lie end to end in
+    bucket order: one span, one copy."""
+    if end > first:
+        begin = source.start[first]
+        _copy_span(src, fd, begin, source.start[end - 1] + source.room[end - 1] - begin)
 
 
 def _copy_span(src: int, fd: int, offset: int, size: int) -> None:
