@@ -5,6 +5,8 @@ Key layout (all under the namespace, default "swordsec"):
                       held them in 16,384 buckets before, moved on start (upgrade_layout)
   users:count   int   how many users the buckets hold
   export:dirty  set   buckets changed since all_users.json last showed them (merge.lua adds, the exporter takes)
+  export:wake   list  one token, pushed by a worker once a merge job is done: a waiting exporter wakes on it
+                      (a hint that expires; the version says what changed)
   dict          hash  repeated string -> index; dict:list the strings by index; dict:epoch its token
   version       int   bumped whenever a merge changes a user
   seq           int   ingest sequence counter
@@ -57,6 +59,18 @@ class MergeKeyMismatch(ConfigError):
     """The store was built with another merge key; merging by this one would duplicate users."""
 
 
+def announce_change(connection: redis.Redis, namespace: str) -> None:
+    """Wake an exporter waiting in Store.wait_change: a worker calls it once a merge job is recorded done
+    (core/queue/taskqueue.py). A hint only: a lost token costs a waiting exporter its WAKE_WAIT at most, and
+    what is written is decided by the version and the changed buckets."""
+    key = f"{namespace}:export:wake"
+    with connection.pipeline(transaction=False) as pipe:
+        pipe.lpush(key, 1)
+        pipe.ltrim(key, 0, 0)  # one token is as good as many
+        pipe.expire(key, 60)  # nothing left behind once nobody waits
+        pipe.execute()
+
+
 class Store:
     def __init__(self, connection: redis.Redis, namespace: str = "swordsec"):
         self.redis = connection
@@ -69,6 +83,7 @@ class Store:
         self.codec = Codec(Dictionary(connection, namespace))
         self.bucket_prefix = self.key("bucket") + ":"
         self.dirty_key = self.key("export", "dirty")
+        self.wake_key = self.key("export", "wake")
         self.counters_key = self.key("counters")
 
     def key(self, *parts: str) -> str:
@@ -182,6 +197,13 @@ class Store:
             return STALE if result[0] == STALE else result
 
         return self._encoding(attempt)
+
+    def announce_change(self) -> None:
+        announce_change(self.redis, self.ns)
+
+    def wait_change(self, timeout: float) -> None:
+        """Block until a merge announces a change (or one was announced since the last call), or `timeout`."""
+        self.redis.blpop([self.wake_key], timeout=timeout)
 
     def push_unary(self, user: dict, key_field: str) -> bool:
         """Hand one user to the inbox; True when the caller must enqueue a drain job."""
