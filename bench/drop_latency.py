@@ -18,7 +18,7 @@ Figures are printed, never asserted.
 
 --baseline OTHER/.venv/bin/swordsec-console runs another build the same way, alternating with ours for
 --rounds rounds (this machine's load moves between minutes: only runs made in turn compare), and prints both
-and their ratio. --trace has our instance write its timeline (core/trace.py) and prints, per step of a drop's
+and their ratio. --trace has our instance write its timeline (core/ops/trace.py) and prints, per step of a drop's
 path, the median and slowest time from the rename to that step.
 """
 
@@ -55,7 +55,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--baseline", default=None, metavar="PROGRAM",
                         help="another build's swordsec-console, run in turn with ours")
     parser.add_argument("--rounds", type=int, default=1, help="runs of each build, alternating (default 1)")
-    parser.add_argument("--trace", action="store_true", help="print where our drops' time goes (core/trace.py)")
+    parser.add_argument("--trace", action="store_true", help="print where our drops' time goes (core/ops/trace.py)")
     return parser.parse_args(argv)
 
 
@@ -86,7 +86,7 @@ def wait_count(path: Path, want: int, timeout: float) -> float:
     raise TimeoutError(f"all_users.json did not reach {want} users in {timeout} s")
 
 
-# The steps of one drop's path as core/trace.py names them, in order, and which occurrence counts: the first
+# The steps of one drop's path as core/ops/trace.py names them, in order, and which occurrence counts: the first
 # after the rename, or the last before all_users.json showed the drop.
 STEPS = (("event", "first"), ("stable", "first"), ("send", "first"), ("enqueued", "first"), ("merge", "first"),
          ("merged", "last"), ("version", "last"), ("export", "last"), ("export-changes", "last"),
@@ -152,7 +152,7 @@ def run(program: str, args, trace: bool) -> dict:
 
 
 def timeline(trace: Path, drops: list[tuple[str, int, int]]) -> list[dict[str, float]]:
-    """Per drop, the seconds from its rename to each step (core/trace.py lines between rename and seen)."""
+    """Per drop, the seconds from its rename to each step (core/ops/trace.py lines between rename and seen)."""
     lines = []
     for line in trace.read_text().splitlines():
         at, _pid, step, *detail = line.split(" ", 3)

@@ -40,9 +40,9 @@ from core.intake.aftermerge import dispose
 from core.intake.client import Source, UsersClient
 from core.intake.dropfiles import UNSEEN, Refused, is_candidate, open_checked, signature, stability
 from core.ops.events import EventLog
+from core.ops.trace import mark
 from core.storage.codec import StaleDictionary
 from core.storage.store import Store
-from core.trace import mark
 
 DONE_STATES = ("merged", "rejected")
 RESCAN_INTERVAL = 5.0

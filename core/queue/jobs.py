@@ -12,8 +12,8 @@ from pathlib import Path
 
 from rq import get_current_job
 
+from core.ops.trace import mark
 from core.storage.store import Store
-from core.trace import mark
 
 # Crash tests need a batch that is provably mid-flight: when this names a file that exists, a job
 # writes "<pid>" to <file>.started and waits until the file is removed. Unset in production.

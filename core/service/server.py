@@ -25,6 +25,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from core.config import join_address, parse_address
+from core.ops.trace import mark
 from core.queue.taskqueue import enqueue_batch, enqueue_drain
 from core.records import RecordError, normalise, normalise_json, split_records
 from core.service import security
@@ -32,7 +33,6 @@ from core.service.admission import DEFAULT_IDLE_TIMEOUT, MAX_BATCH_USERS, RESERV
 from core.service.backpressure import StagedBytes
 from core.service.ledger import RAW_CHUNK_BYTES, Ledger, SourceStream
 from core.storage.store import Store
-from core.trace import mark
 from protobufs import users_pb2, users_pb2_grpc
 
 SERVICE_NAME = users_pb2.DESCRIPTOR.services_by_name["Users"].full_name

@@ -14,10 +14,10 @@ from pathlib import Path
 import redis
 
 from core.background import Background
+from core.ops.trace import mark
 from core.storage.staging import STAGED_GRACE, sweep_staged
 from core.storage.store import Store
 from core.storage.viewfile import ViewFile
-from core.trace import mark
 
 SETTLE = 0.2
 # How often the version is looked at (one GET) while the file is behind it (settling, pacing a long ingest,

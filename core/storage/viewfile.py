@@ -32,9 +32,9 @@ from pathlib import Path
 
 import orjson
 
+from core.ops.trace import mark
 from core.storage.codec import BUCKETS
 from core.storage.store import MAX_BAD_SAMPLES, Store
-from core.trace import mark
 
 # A region's room to grow: an eighth of its users' bytes and about three users more (about 22 users at 10M
 # users, 5 at 1M): a few thousand new users touch a bucket once or twice, and a copy whose bucket overflows
