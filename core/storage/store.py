@@ -79,6 +79,7 @@ class Store:
         self._push_unary = connection.register_script(lua("push_unary.lua"))
         self._finish_file = connection.register_script(lua("finish_file.lua", with_counters=True))
         self._walk = connection.register_script(lua("walk.lua"))
+        self._read = connection.register_script(lua("read.lua"))
         self._rebucket = connection.register_script(lua("rebucket.lua"))
         self.codec = Codec(Dictionary(connection, namespace))
         self.bucket_prefix = self.key("bucket") + ":"
@@ -420,16 +421,13 @@ class Store:
                 yield from decoded
 
     def read_buckets(self, numbers: list[int], on_bad=None) -> list[tuple[int, list[dict]]]:
-        """These buckets' users by merge key, in one round trip (each bucket read whole)."""
+        """These buckets' users by merge key, in one round trip and one reply (each bucket read whole), decoded
+        in one call."""
         dictionary = self.codec.dictionary
         dictionary.sync()
-        with self.redis.pipeline(transaction=False) as pipe:
-            pipe.get(dictionary.keys[2])
-            for number in numbers:
-                pipe.hgetall(self.bucket_prefix + str(number))
-            stored_epoch, *found = pipe.execute()
-        _same_epoch(dictionary.epoch, (stored_epoch or b"").decode())
-        return [(number, self._decode_map(bucket, on_bad)) for number, bucket in zip(numbers, found)]
+        stored_epoch, *found = self._read(args=[self.bucket_prefix, dictionary.keys[2], *numbers])
+        _same_epoch(dictionary.epoch, stored_epoch.decode())
+        return self._decode_buckets(numbers, found, on_bad)
 
     def take_changes(self) -> tuple[int, set[int], str]:
         """(version, buckets changed since the last call, export generation), taken in one step.
