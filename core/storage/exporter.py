@@ -92,10 +92,11 @@ class Exporter(Background):
 
     def stop(self) -> None:
         self._stop.set()
-        try:
-            self.store.announce_change()  # ends a wait on the wake list now
-        except redis.RedisError:
-            pass
+        if self._thread is not None and self._thread.is_alive():  # a loop that never ran leaves no token
+            try:
+                self.store.announce_change()  # ends a wait on the wake list now
+            except redis.RedisError:
+                pass
         super().stop()
 
     def _pause(self, seen: int) -> bool:

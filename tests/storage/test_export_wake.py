@@ -61,3 +61,10 @@ def test_a_waiting_exporter_writes_an_announced_merge_at_once_and_stops_at_once(
     finally:
         exporter.stop()
     assert not exporter._thread.is_alive(), "stop ended the wait on the wake list"
+
+
+def test_an_exporter_that_never_ran_leaves_no_token(connection, namespace, tmp_path):
+    """--once never starts the loop: its stop must not leave a key in Redis."""
+    store = Store(connection, namespace)
+    Exporter(store, tmp_path / "all_users.json", 0.05).stop()
+    assert connection.exists(store.wake_key) == 0
