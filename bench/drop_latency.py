@@ -90,8 +90,7 @@ def wait_count(path: Path, want: int, timeout: float) -> float:
 # after the rename, or the last before all_users.json showed the drop.
 STEPS = (("event", "first"), ("stable", "first"), ("send", "first"), ("enqueued", "first"), ("merge", "first"),
          ("merged", "last"), ("version", "last"), ("export", "last"), ("export-changes", "last"),
-         ("export-fsync", "last"), ("export-copy", "last"), ("export-link", "last"),
-         ("export-synced", "last"), ("exported", "last"))
+         ("export-fsync", "last"), ("export-copy", "last"), ("export-link", "last"), ("exported", "last"))
 
 
 def percentile(values: list[float], share: float) -> float:

@@ -247,7 +247,6 @@ class ViewFile:
                 out.flush()
                 mark("export-fsync")
                 os.fsync(out.fileno())
-                mark("export-synced")
                 copy.identity = _identity(os.fstat(out.fileno()))
             os.chmod(tmp, file_mode())  # personal data: 0600, or 0640 with --group-readable
             os.replace(tmp, target)
