@@ -162,8 +162,9 @@ def timeline(trace: Path, drops: list[tuple[str, int, int]]) -> list[dict[str, f
         inside = [(at, step, detail) for at, step, detail in lines if began <= at <= seen]
         found: dict[str, float] = {}
         for step, which in STEPS:
-            hits = [at for at, kind, detail in inside
-                    if kind == step and (step not in ("event", "stable", "send") or detail.startswith(name))]
+            hits = [at for at, kind, detail in inside  # a file's own steps name its path first
+                    if kind == step and (step not in ("event", "stable", "send") or
+                                         Path(detail.split(" ")[0]).name == name)]
             if hits:
                 found[step] = ((hits[0] if which == "first" else hits[-1]) - began) / 1e9
         found["visible"] = (seen - began) / 1e9

@@ -168,7 +168,7 @@ class Watcher:
                                             recursive=False, raise_interrupt=False):
                 for change, name in changes:
                     if change != watchfiles.Change.deleted:
-                        mark("event", Path(name).name)
+                        mark("event", name)
                         self._note(Path(name))
                 if time.monotonic() - scanned_at > RESCAN_INTERVAL:
                     scanned_at = time.monotonic()
@@ -195,7 +195,7 @@ class Watcher:
                 elif ready and path not in self.queued:  # else it is handled now: it waits for that to end
                     del self.candidates[path]
                     self.queued.add(path)
-                    mark("stable", path.name)
+                    mark("stable", path)
                     self.ready.put(path)
                 else:
                     self.candidates[path] = current
@@ -344,9 +344,9 @@ class Watcher:
         """Send the file; the server records everything about it (begin, progress, finish, damage and its
         quarantine copy, the merged line). Here only what the after-merge policy needs is kept."""
         started = time.time()
-        mark("send", path.name)
+        mark("send", path)
         result = self.client.send_file(path, batch_size=self.batch_size, source=source)
-        mark("sent", f"{path.name} {result.state}")
+        mark("sent", path, result.state)
         report_id = result.file_id or report_id
         if result.state == "busy":  # the same content is arriving from another sender: look again later
             with self._lock:

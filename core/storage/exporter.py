@@ -58,10 +58,10 @@ class Exporter(Background):
             if not force and version == self._written_version and self.path.exists():
                 return self.last
             started = time.monotonic()
-            mark("export", str(version))
+            mark("export", version)
             self.last = self.view.write()
             self.last_seconds = time.monotonic() - started
-            mark("exported", str(self.last["version"]))
+            mark("exported", self.last["version"])
             self._written_version = self.last["version"]
             self._tell_bad(self.last)
             return self.last
@@ -122,7 +122,7 @@ class Exporter(Background):
                 if swept := sweep_staged(self.store):
                     self.on_event("info", f"deleted {swept} staged batch(es) whose job is gone")
             if version != seen:
-                mark("version", str(version))
+                mark("version", version)
                 seen, changed_at = version, now
             if version == self._written_version:
                 # Quiet: bring the other copy up to date too, so the next change only patches it (a copy left

@@ -86,7 +86,7 @@ class ViewFile:
     def write(self) -> dict:
         """Bring all_users.json up to the store; returns what the export record says."""
         version, changed, generation = self.store.take_changes()
-        mark("export-changes", str(len(changed)))
+        mark("export-changes", changed)
         for copy in self.copies.values():
             if copy is not None:
                 copy.changed |= changed
