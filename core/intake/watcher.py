@@ -40,6 +40,7 @@ from core.intake.aftermerge import dispose
 from core.intake.client import Source, UsersClient
 from core.intake.dropfiles import UNSEEN, Refused, is_candidate, open_checked, signature, stability
 from core.ops.events import EventLog
+from core.ops.trace import mark
 from core.storage.codec import StaleDictionary
 from core.storage.store import Store
 
@@ -158,12 +159,16 @@ class Watcher:
         scanned_at = 0.0
         try:
             # step: how long watchfiles waits for more changes before it yields (50 ms by default); a file renamed
-            # in is one event, and a file still being written is held by the stability check anyway.
+            # in is one event, and a file still being written is held by the stability check anyway. Its loop
+            # sleeps a step at a time, so an event is yielded one to two steps after it happened: 4 ms took
+            # ~10 ms off a drop against 10 ms (bench/drop_latency.py --trace, "event"), for 250 wake-ups a
+            # second of this thread (each a look at the stop event).
             for changes in watchfiles.watch(self.folder, stop_event=self._stop, force_polling=self.poll or None,
-                                            yield_on_timeout=True, rust_timeout=200, debounce=100, step=10,
+                                            yield_on_timeout=True, rust_timeout=200, debounce=100, step=4,
                                             recursive=False, raise_interrupt=False):
                 for change, name in changes:
                     if change != watchfiles.Change.deleted:
+                        mark("event", name)
                         self._note(Path(name))
                 if time.monotonic() - scanned_at > RESCAN_INTERVAL:
                     scanned_at = time.monotonic()
@@ -190,6 +195,7 @@ class Watcher:
                 elif ready and path not in self.queued:  # else it is handled now: it waits for that to end
                     del self.candidates[path]
                     self.queued.add(path)
+                    mark("stable", path)
                     self.ready.put(path)
                 else:
                     self.candidates[path] = current
@@ -338,7 +344,9 @@ class Watcher:
         """Send the file; the server records everything about it (begin, progress, finish, damage and its
         quarantine copy, the merged line). Here only what the after-merge policy needs is kept."""
         started = time.time()
+        mark("send", path)
         result = self.client.send_file(path, batch_size=self.batch_size, source=source)
+        mark("sent", path, result.state)
         report_id = result.file_id or report_id
         if result.state == "busy":  # the same content is arriving from another sender: look again later
             with self._lock:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from rq import get_current_job
 
+from core.ops.trace import mark
 from core.storage.store import Store
 
 # Crash tests need a batch that is provably mid-flight: when this names a file that exists, a job
@@ -57,9 +58,12 @@ def merge_batch(batch: dict) -> dict:
         retry found the batch applied before.
     """
     _failpoint()
+    mark("merge", batch["blob"])
     store = _store(batch["namespace"])
-    return store.merge_staged(batch["report"], batch["attempt"], batch["span"], batch["seq"], batch["blob"],
-                              batch["key"])
+    result = store.merge_staged(batch["report"], batch["attempt"], batch["span"], batch["seq"], batch["blob"],
+                                batch["key"])
+    mark("merged", batch["blob"])
+    return result
 
 
 def drain_inbox(namespace: str) -> int:

@@ -8,6 +8,7 @@ from rq import Queue, Retry, SimpleWorker, Worker
 from rq.job import Job
 
 from core.queue import jobs
+from core.storage.store import announce_change
 
 # Retries cover a work-horse that dies mid-batch; the merge is idempotent, so a retry is always safe.
 # No interval: a delayed retry would need RQ's scheduler process, and an immediate one is what we want.
@@ -144,7 +145,19 @@ class SafeQueue(Queue):
         return {}
 
 
-class ForkingWorker(Worker):
+class _AnnouncesMerges:
+    """Once a job's success is recorded (it has left the started registry), wake the exporter. Woken by the
+    merge itself, it would find the job still running, take the pipeline for busy and look again later."""
+
+    def handle_job_success(self, job, queue, *args, **kwargs):
+        super().handle_job_success(job, queue, *args, **kwargs)
+        try:
+            announce_change(self.connection, queue.name)  # the queue is named after the namespace
+        except redis.RedisError:
+            pass  # the exporter also looks by itself, every WAKE_WAIT
+
+
+class ForkingWorker(_AnnouncesMerges, Worker):
     """RQ's classic worker: each job runs in a forked work-horse, so a crash or leak in one job cannot
     touch the worker. About 20 ms of CPU per job goes to the fork."""
 
@@ -152,7 +165,7 @@ class ForkingWorker(Worker):
     queue_class = SafeQueue
 
 
-class InlineWorker(SimpleWorker):
+class InlineWorker(_AnnouncesMerges, SimpleWorker):
     """Jobs run in the worker process itself (RQ's SimpleWorker): no fork per job, ~40% more throughput
     here. A crash takes the worker down with its job; the supervisor replaces it and hands the job back
     to RQ at once, so nothing is lost. Job timeouts still hold (SIGALRM in the worker's main thread)."""

@@ -25,6 +25,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from core.config import join_address, parse_address
+from core.ops.trace import mark
 from core.queue.taskqueue import enqueue_batch, enqueue_drain
 from core.records import RecordError, normalise, normalise_json, split_records
 from core.service import security
@@ -179,6 +180,7 @@ class Intake:
                                          "span": span, "seq": seq, "key": self.key_field, "source": source,
                                          "blob": blob, "count": len(users)})
         self.store.track_staged(blob, job.id)
+        mark("enqueued", job.id)
 
     def unary(self, user: dict) -> None:
         if self.store.push_unary(user, self.key_field):

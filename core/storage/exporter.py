@@ -14,13 +14,18 @@ from pathlib import Path
 import redis
 
 from core.background import Background
+from core.ops.trace import mark
 from core.storage.staging import STAGED_GRACE, sweep_staged
 from core.storage.store import Store
 from core.storage.viewfile import ViewFile
 
 SETTLE = 0.2
-# How often the version is looked at (one GET). A quiet pipeline's last merge reaches the file within this.
+# How often the version is looked at (one GET) while the file is behind it (settling, pacing a long ingest,
+# the other copy). Once it is up to date the thread blocks on the store's wake list instead: the next merge
+# is seen at once (it took up to POLL, 10 ms on average) and a quiet console asks Redis nothing. WAKE_WAIT
+# bounds that block: a version moved by something that does not announce it (an older worker) is seen then.
 POLL = 0.02
+WAKE_WAIT = 0.5
 SWEEP_INTERVAL = STAGED_GRACE / 2
 LOGGED_BAD = 1000  # undecodable keys remembered as already logged (bounded)
 
@@ -53,8 +58,10 @@ class Exporter(Background):
             if not force and version == self._written_version and self.path.exists():
                 return self.last
             started = time.monotonic()
+            mark("export", version)
             self.last = self.view.write()
             self.last_seconds = time.monotonic() - started
+            mark("exported", self.last["version"])
             self._written_version = self.last["version"]
             self._tell_bad(self.last)
             return self.last
@@ -83,9 +90,28 @@ class Exporter(Background):
                 failing = text
                 self._stop.wait(1.0)
 
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None and self._thread.is_alive():  # a loop that never ran leaves no token
+            try:
+                self.store.announce_change()  # ends a wait on the wake list now
+            except redis.RedisError:
+                pass
+        super().stop()
+
+    def _pause(self, seen: int) -> bool:
+        """Wait until the next look; False once stopping."""
+        if seen != self._written_version or self.view.behind:
+            return not self._stop.wait(POLL)
+        try:
+            self.store.wait_change(WAKE_WAIT)
+        except redis.RedisError:
+            return not self._stop.wait(POLL)
+        return not self._stop.is_set()
+
     def _loop(self) -> None:
         seen, changed_at, written_at, swept_at = -1, 0.0, 0.0, 0.0
-        while not self._stop.wait(POLL):
+        while self._pause(seen):
             try:
                 version = self.store.version()
             except redis.RedisError:
@@ -96,6 +122,7 @@ class Exporter(Background):
                 if swept := sweep_staged(self.store):
                     self.on_event("info", f"deleted {swept} staged batch(es) whose job is gone")
             if version != seen:
+                mark("version", version)
                 seen, changed_at = version, now
             if version == self._written_version:
                 # Quiet: bring the other copy up to date too, so the next change only patches it (a copy left

@@ -5,6 +5,8 @@ Key layout (all under the namespace, default "swordsec"):
                       held them in 16,384 buckets before, moved on start (upgrade_layout)
   users:count   int   how many users the buckets hold
   export:dirty  set   buckets changed since all_users.json last showed them (merge.lua adds, the exporter takes)
+  export:wake   list  one token, pushed by a worker once a merge job is done: a waiting exporter wakes on it
+                      (a hint that expires; the version says what changed)
   dict          hash  repeated string -> index; dict:list the strings by index; dict:epoch its token
   version       int   bumped whenever a merge changes a user
   seq           int   ingest sequence counter
@@ -57,6 +59,18 @@ class MergeKeyMismatch(ConfigError):
     """The store was built with another merge key; merging by this one would duplicate users."""
 
 
+def announce_change(connection: redis.Redis, namespace: str) -> None:
+    """Wake an exporter waiting in Store.wait_change: a worker calls it once a merge job is recorded done
+    (core/queue/taskqueue.py). A hint only: a lost token costs a waiting exporter its WAKE_WAIT at most, and
+    what is written is decided by the version and the changed buckets."""
+    key = f"{namespace}:export:wake"
+    with connection.pipeline(transaction=False) as pipe:
+        pipe.lpush(key, 1)
+        pipe.ltrim(key, 0, 0)  # one token is as good as many
+        pipe.expire(key, 60)  # nothing left behind once nobody waits
+        pipe.execute()
+
+
 class Store:
     def __init__(self, connection: redis.Redis, namespace: str = "swordsec"):
         self.redis = connection
@@ -65,10 +79,12 @@ class Store:
         self._push_unary = connection.register_script(lua("push_unary.lua"))
         self._finish_file = connection.register_script(lua("finish_file.lua", with_counters=True))
         self._walk = connection.register_script(lua("walk.lua"))
+        self._read = connection.register_script(lua("read.lua"))
         self._rebucket = connection.register_script(lua("rebucket.lua"))
         self.codec = Codec(Dictionary(connection, namespace))
         self.bucket_prefix = self.key("bucket") + ":"
         self.dirty_key = self.key("export", "dirty")
+        self.wake_key = self.key("export", "wake")
         self.counters_key = self.key("counters")
 
     def key(self, *parts: str) -> str:
@@ -182,6 +198,13 @@ class Store:
             return STALE if result[0] == STALE else result
 
         return self._encoding(attempt)
+
+    def announce_change(self) -> None:
+        announce_change(self.redis, self.ns)
+
+    def wait_change(self, timeout: float) -> None:
+        """Block until a merge announces a change (or one was announced since the last call), or `timeout`."""
+        self.redis.blpop([self.wake_key], timeout=timeout)
 
     def push_unary(self, user: dict, key_field: str) -> bool:
         """Hand one user to the inbox; True when the caller must enqueue a drain job."""
@@ -398,16 +421,13 @@ class Store:
                 yield from decoded
 
     def read_buckets(self, numbers: list[int], on_bad=None) -> list[tuple[int, list[dict]]]:
-        """These buckets' users by merge key, in one round trip (each bucket read whole)."""
+        """These buckets' users by merge key, in one round trip and one reply (each bucket read whole), decoded
+        in one call."""
         dictionary = self.codec.dictionary
         dictionary.sync()
-        with self.redis.pipeline(transaction=False) as pipe:
-            pipe.get(dictionary.keys[2])
-            for number in numbers:
-                pipe.hgetall(self.bucket_prefix + str(number))
-            stored_epoch, *found = pipe.execute()
-        _same_epoch(dictionary.epoch, (stored_epoch or b"").decode())
-        return [(number, self._decode_map(bucket, on_bad)) for number, bucket in zip(numbers, found)]
+        stored_epoch, *found = self._read(args=[self.bucket_prefix, dictionary.keys[2], *numbers])
+        _same_epoch(dictionary.epoch, stored_epoch.decode())
+        return self._decode_buckets(numbers, found, on_bad)
 
     def take_changes(self) -> tuple[int, set[int], str]:
         """(version, buckets changed since the last call, export generation), taken in one step.

@@ -206,3 +206,115 @@ def test_the_exporter_brings_the_other_copy_up_to_date_once_quiet(connection, na
     finally:
         exporter.stop()
         store.clear()
+
+
+@pytest.fixture
+def small(connection, namespace, tmp_path, monkeypatch):
+    """A store too small to leave room (the default patch_from): each export makes its copy anew."""
+    store = Store(connection, namespace)
+    merge(store, make_users(2000, "base"))
+    view = ViewFile(store, tmp_path / "all_users.json")
+    view.write()
+    yield view
+    store.clear()
+
+
+def walking_forbidden(store: Store, monkeypatch) -> None:
+    def walk(*args, **kwargs):
+        raise AssertionError("the export walked every bucket of the store")
+
+    monkeypatch.setattr(store, "iter_buckets", walk)
+
+
+def test_a_small_store_s_copy_is_made_from_the_current_one_reading_only_the_changed_buckets(small, monkeypatch):
+    store = small.store
+    merge(store, make_users(5, "new"), "g")
+    merge(store, [make_users(2000, "base")[7] | {"country": "Peru"}], "h")
+    walking_forbidden(store, monkeypatch)
+    read = []
+    real = store.read_buckets
+    monkeypatch.setattr(store, "read_buckets", lambda numbers, on_bad=None: read.extend(numbers) or real(numbers, on_bad))
+    info = small.write()
+    assert small.spliced == 1 and small.patched == 0 and info["count"] == 2005
+    changed = {codec.bucket_of(u["email"]) for u in make_users(5, "new") + [make_users(2000, "base")[7]]}
+    assert set(read) == changed
+    monkeypatch.undo()
+    users = in_file(small)
+    assert users == in_store(store) and {u["email"]: u for u in users}[make_users(2000, "base")[7]["email"]][
+        "country"] == "Peru"
+    merge(store, make_users(3, "more"), "i")  # and again, from the copy just made
+    small.write()
+    assert small.spliced == 2 and in_file(small) == in_store(store)
+    assert (small.path.parent / os.readlink(small.path)).stat().st_size < 2 * len(orjson.dumps(in_store(store))), \
+        "no room to grow in a small store's file"
+
+
+def test_a_user_before_the_first_region_gives_the_old_first_one_its_comma(connection, namespace, tmp_path,
+                                                                           monkeypatch):
+    store = Store(connection, namespace)
+    try:
+        merge(store, same_bucket(codec.BUCKETS - 1, 2, "last"))
+        view = ViewFile(store, tmp_path / "all_users.json")
+        view.write()
+        merge(store, same_bucket(3, 1, "early"), "g")
+        walking_forbidden(store, monkeypatch)
+        view.write()
+        monkeypatch.undo()
+        assert view.spliced == 1
+        assert in_file(view) == in_store(store) and len(in_file(view)) == 3
+    finally:
+        store.clear()
+
+
+def test_a_current_copy_changed_on_disk_is_not_copied_from(small):
+    current = small.path.parent / os.readlink(small.path)
+    current.write_bytes(current.read_bytes().replace(b"base", b"BASE", 1))  # someone edited all_users.json
+    merge(small.store, make_users(1, "new"), "g")
+    small.write()
+    assert small.spliced == 0
+    assert in_file(small) == in_store(small.store)
+
+
+def test_a_copy_that_fails_half_way_leaves_the_file_whole_and_no_temporary_file(small, monkeypatch):
+    store = small.store
+    before = in_file(small)
+    merge(store, make_users(300, "crash"), "g")
+    real, calls = viewfile._write_all, []
+
+    def crash(fd, data):
+        calls.append(1)
+        if len(calls) == 5:
+            raise OSError(28, "No space left on device")
+        return real(fd, data)
+
+    monkeypatch.setattr(viewfile, "_write_all", crash)
+    with pytest.raises(OSError):
+        small.write()
+    monkeypatch.undo()
+    assert in_file(small) == before
+    assert sorted(p.name for p in small.path.parent.iterdir()) == [".all_users.json.a", "all_users.json"]
+    small.write()
+    assert in_file(small) == in_store(store) and len(in_file(small)) == 2300
+
+
+def test_a_copy_made_anew_keeps_the_count_of_undecodable_values(small):
+    store = small.store
+    store.redis.hset(store.bucket_key("broken@x.com"), "broken@x.com", b"not a value")
+    small.copies = {"a": None, "b": None}
+    assert small.write()["undecodable"] == 1  # whole
+    merge(store, make_users(1, "again"), "g")
+    assert small.write()["undecodable"] == 1 and small.spliced == 1  # its bucket copied as it was
+    merge(store, same_bucket(codec.bucket_of("broken@x.com"), 1, "beside"), "h")  # its bucket read again
+    info = small.write()
+    assert small.spliced == 2 and info["undecodable"] == 1 and info["bad"][0]["key"] == "broken@x.com"
+    assert in_file(small) == in_store(store)
+
+
+def test_the_kernel_s_copy_missing_falls_back_to_read_and_write(small, monkeypatch):
+    def unsupported(*args):
+        raise OSError(38, "Function not implemented")
+
+    monkeypatch.setattr(viewfile.os, "copy_file_range", unsupported)
+    merge(small.store, make_users(4, "plain"), "g")
+    small.write()
+    assert small.spliced == 1 and in_file(small) == in_store(small.store)
