@@ -18,22 +18,23 @@ import redis
 SAMPLE = 1000  # past this many queued jobs, the first SAMPLE are measured and the rest extrapolated
 
 
-def _blob_of(data: bytes | None) -> str | None:
+def _blobs_of(data: bytes | None) -> tuple[str, ...]:
+    """The staged blobs a queued job names: one for merge_batch, several for merge_batches."""
     if not data:
-        return None
+        return ()
     try:
         _func, _instance, args, _kwargs = orjson.loads(zlib.decompress(data))
-        blob = args[0].get("blob") if args and isinstance(args[0], dict) else None
+        batches = args[0] if args and isinstance(args[0], list) else args[:1]
+        return tuple(b["blob"] for b in batches if isinstance(b, dict) and isinstance(b.get("blob"), str))
     except (zlib.error, orjson.JSONDecodeError, ValueError, TypeError, AttributeError):
-        return None  # not one of our batch jobs (a drain job, or something foreign): it stages nothing
-    return blob if isinstance(blob, str) else None
+        return ()  # not one of our batch jobs (a drain job, or something foreign): it stages nothing
 
 
 class StagedBytes:
     def __init__(self, queue, max_bytes: int):
         self.queue = queue
         self.max_bytes = max_bytes
-        self._blobs: dict[bytes, str | None] = {}  # queued job id -> its staged blob (None: stages nothing)
+        self._blobs: dict[bytes, tuple[str, ...]] = {}  # queued job id -> its staged blobs
         self._lock = threading.Lock()
 
     def total(self) -> int:
@@ -62,9 +63,9 @@ class StagedBytes:
             with connection.pipeline(transaction=False) as pipe:
                 for job_id in unknown:
                     pipe.hget(job_class.key_for(job_id.decode()), "data")
-                self._blobs.update(zip(unknown, map(_blob_of, pipe.execute())))
+                self._blobs.update(zip(unknown, map(_blobs_of, pipe.execute())))
         self._blobs = {job_id: self._blobs[job_id] for job_id in ids}  # forget jobs no longer queued
-        blobs = [blob for blob in self._blobs.values() if blob]
+        blobs = [blob for named in self._blobs.values() for blob in named]
         if not blobs:
             return 0
         with connection.pipeline(transaction=False) as pipe:
