@@ -151,16 +151,28 @@ class Intake:
     GROUP_BATCHES = 8
     GROUP_WHEN_QUEUED = 2
 
-    def hold(self, context) -> None:
-        """Back-pressure: while the queue is over its bound in jobs, or the users staged for queued jobs are
-        over their bound in bytes, stop reading the stream. gRPC flow control then stalls the sender, so a huge
-        drop folder cannot flood Redis's memory with queued batches. An empty queue always admits a batch."""
+    def hold(self, context, group: list[dict] | None = None) -> None:
+        """Back-pressure: while the batches queued (and held in `group`) are over their bound, or the users staged
+        for them are over their bound in bytes, stop reading the stream. gRPC flow control then stalls the sender,
+        so a huge drop folder cannot flood Redis's memory with queued batches. An empty queue always admits a
+        batch. Held batches go to the queue before the stream waits: the workers may as well have them."""
         bound = self.staged_bytes_bound
         if not self.max_backlog and bound is None:
             return
-        while context.is_active() and ((self.max_backlog and len(self.queue) >= self.max_backlog)
-                                       or (bound is not None and bound.over())):
+        while context.is_active() and self._over(bound, group or []):
+            self.flush(group or [])
             time.sleep(0.05)
+
+    def _over(self, bound: StagedBytes | None, group: list[dict]) -> bool:
+        if bound is None:  # no measurement: the backlog in jobs
+            return len(self.queue) + len(group) >= self.max_backlog
+        try:
+            batches, size = bound.measure()
+        except redis.RedisError:
+            return False  # the next enqueue meets the same error and reports it
+        size += sum(batch["bytes"] for batch in group)
+        return bool((self.max_backlog and batches + len(group) >= self.max_backlog)
+                    or (bound.max_bytes and size >= bound.max_bytes))
 
     def validate(self, records, first_record: int, report: "Tally", count: bool = True) -> list[dict]:
         """count: add the rejections to the records:rejected counter (not for a range merged before)."""
@@ -182,10 +194,10 @@ class Intake:
         GROUP_WHEN_QUEUED jobs already wait (the workers have work: holding it delays nothing), and the group
         goes as one job at GROUP_BATCHES, at a batch that finds the queue short, and at the stream's end
         (flush). RQ's bookkeeping (~18 round trips and ~3 ms of CPU a job) is then paid once for the group."""
-        seq, blob, queued = self.store.stage(users, (report_id, progress) if progress else None,
-                                             queue_key=self.queue.key)
+        seq, blob, size, queued = self.store.stage(users, (report_id, progress) if progress else None,
+                                                   queue_key=self.queue.key)
         batch = {"namespace": self.store.ns, "report": report_id, "attempt": attempt, "span": span, "seq": seq,
-                 "key": self.key_field, "source": source, "blob": blob, "count": len(users)}
+                 "key": self.key_field, "source": source, "blob": blob, "count": len(users), "bytes": size}
         if group is None:
             self.flush([batch])
             return
@@ -419,7 +431,7 @@ class UsersService(users_pb2_grpc.UsersServicer):
             if report_id not in attempts:
                 attempts[report_id] = self.intake.store.attempt(report_id)
         users = valid if valid is not None else self.intake.validate(records, batch.first_record, tally)
-        self.intake.hold(context)
+        self.intake.hold(context, group)
         self.intake.enqueue(report_id, attempts[report_id], batch.source or "stream", span, users, progress, group)
         tally.accepted += len(users)
         tally.batches += 1
@@ -454,8 +466,8 @@ class GrpcServer:
         self.service = UsersService(intake)
         self.health = health.HealthServicer()
         self.listen = listen
-        if max_staged_bytes:
-            intake.staged_bytes_bound = StagedBytes(intake.queue, max_staged_bytes)
+        # Always: it also counts the batches queued (a job may carry several) for the backlog bound.
+        intake.staged_bytes_bound = StagedBytes(intake.queue, max_staged_bytes)
         # grpc fails an oversize message with RESOURCE_EXHAUSTED on its own call only; other streams go on.
         options = [("grpc.max_receive_message_length", max_message_bytes),
                    ("grpc.max_send_message_length", max_message_bytes),

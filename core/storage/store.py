@@ -104,18 +104,20 @@ class Store:
         return self.stage(users, progress)[:2]
 
     def stage(self, users: list[dict], progress: tuple[str, dict] | None = None,
-              queue_key: str | None = None) -> tuple[int, str, int]:
+              queue_key: str | None = None) -> tuple[int, str, int, int]:
         """Reserve ingest sequence numbers and park the users in Redis for a merge job, in one round trip.
 
         The job then carries a reference, not the users: RQ compresses and keeps a job's data for as long
         as its result lives, while a staged batch is deleted by the merge that applies it.
         progress: (report id, fields) written to the file's report in the same round trip.
-        queue_key: an RQ queue whose length comes back too (0 without one): (first seq, blob, queued jobs).
+        queue_key: an RQ queue whose length comes back too (0 without one).
+        Returns (first seq, blob, its size in bytes, queued jobs).
         """
         blob = self.key("batch", uuid.uuid4().hex)
+        data = orjson.dumps(users)
         with self.redis.pipeline(transaction=True) as pipe:
             pipe.incrby(self.key("seq"), max(1, len(users)))
-            pipe.set(blob, orjson.dumps(users))
+            pipe.set(blob, data)
             pipe.zadd(self.key("staged"), {blob: time.time()})
             self.count_records(accepted=len(users), client=pipe)
             if progress is not None:
@@ -124,7 +126,7 @@ class Store:
                 pipe.llen(queue_key)
             replies = pipe.execute()
         queued = int(replies[-1]) if queue_key is not None else 0
-        return int(replies[0]) - max(1, len(users)) + 1, blob, queued
+        return int(replies[0]) - max(1, len(users)) + 1, blob, len(data), queued
 
     def applied_ranges(self, report_id: str) -> list[tuple[int, int]]:
         """The union of a file's merged record ranges, as sorted disjoint [start, end) intervals."""
