@@ -157,7 +157,7 @@ class Intake:
         so a huge drop folder cannot flood Redis's memory with queued batches. An empty queue always admits a
         batch. Held batches go to the queue before the stream waits: the workers may as well have them."""
         bound = self.staged_bytes_bound
-        if not self.max_backlog and bound is None:
+        if not self.max_backlog and (bound is None or not bound.max_bytes):
             return
         while context.is_active() and self._over(bound, group or []):
             self.flush(group or [])
