@@ -18,7 +18,10 @@ from core.service.server import Intake
 from core.storage.store import Store
 from protobufs import users_pb2, users_pb2_grpc
 from tests.conftest import copy_challenge, make_users, wait_for
+from tests.queue import test_workers
 from tests.queue.test_workers import assert_exactly_once, started_pid
+
+gated = test_workers.gated  # the fixture: every merge job waits at a gate the test opens
 
 
 def queued_jobs(runtime) -> list[Job]:

@@ -33,6 +33,15 @@ def assert_exactly_once(runtime, expected: int) -> None:
     assert len(users) == expected and len(set(emails)) == expected
 
 
+@pytest.fixture
+def gated(tmp_path, monkeypatch) -> Path:
+    """Every merge job blocks at this gate (after writing its pid) until the test removes it."""
+    gate = tmp_path / "gate"
+    gate.write_text("")
+    monkeypatch.setenv(FAILPOINT, str(gate))
+    return gate
+
+
 def test_work_horse_killed_mid_batch_is_retried(runtime_factory, tmp_path, gated):
     runtime = runtime_factory(watch=False, workers=1, worker_mode="fork")
     [path] = copy_challenge(tmp_path / "drop", {"1.json"})
