@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 
-import grpc
-import orjson
 import pytest
 from rq.job import Job
 
@@ -16,8 +13,7 @@ from core.queue.jobs import merge_batches
 from core.queue.taskqueue import JSONSerializer, SafeJob
 from core.service.server import Intake
 from core.storage.store import Store
-from protobufs import users_pb2, users_pb2_grpc
-from tests.conftest import copy_challenge, make_users, wait_for
+from tests.conftest import copy_challenge, make_users, stream_in_background, wait_for
 from tests.queue import test_workers
 from tests.queue.test_workers import assert_exactly_once, started_pid
 
@@ -115,17 +111,7 @@ def test_the_backlog_bound_counts_the_batches_of_grouped_jobs_not_the_jobs(runti
     # of up to 8 batches would let 80 through.
     runtime = runtime_factory(watch=False, workers=0, max_backlog=10, batch_size=50, max_batch_users=50)
     batches = [make_users(50, f"k{n}-") for n in range(40)]
-    result: dict = {}
-
-    def send():
-        with grpc.insecure_channel(f"127.0.0.1:{runtime.server.port}") as channel:
-            stub = users_pb2_grpc.UsersStub(channel)
-            requests = (users_pb2.UserBatch(users_json=orjson.dumps(b), source="backlog", index=i,
-                                            first_record=50 * i) for i, b in enumerate(batches))
-            result["reply"] = stub.SendUserBatches(requests, timeout=120)
-
-    sender = threading.Thread(target=send, daemon=True)
-    sender.start()
+    sender, result = stream_in_background(runtime, batches, "backlog")
     staged = runtime.store.key("staged")
     wait_for(lambda: runtime.store.redis.zcard(staged) >= 10, message="the backlog to fill")
     for _ in range(10):  # held, with the batches it held for a group sent to the queue for the workers
