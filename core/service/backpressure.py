@@ -18,7 +18,7 @@ import orjson
 SAMPLE = 1000  # past this many queued jobs, the first SAMPLE are measured and the rest extrapolated
 
 
-def _batches_of(data: bytes | None) -> list[tuple[str, int | None]]:
+def batches_of(data: bytes | None) -> list[tuple[str, int | None]]:
     """(blob, size or None) of each staged batch a queued job names: one for merge_batch, several for
     merge_batches, none for anything else (a drain job, or something foreign)."""
     if not data:
@@ -72,7 +72,7 @@ class StagedBytes:
         with connection.pipeline(transaction=False) as pipe:
             for job_id in unknown:
                 pipe.hget(job_class.key_for(job_id.decode()), "data")
-            carried = [_batches_of(data) for data in pipe.execute()]
+            carried = [batches_of(data) for data in pipe.execute()]
         sizes = [blob for batches in carried for blob, size in batches if size is None]
         if sizes:
             with connection.pipeline(transaction=False) as pipe:

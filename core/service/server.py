@@ -144,7 +144,7 @@ class Intake:
         self.max_backlog = max_backlog
         self.ledger = Ledger(store, quarantine, on_event)
 
-    # Set by GrpcServer: back-pressure on the bytes staged for queued jobs, not only on their number.
+    # Set by GrpcServer: what waits for a merge, in batches (a job may carry several) and in bytes staged.
     staged_bytes_bound: StagedBytes | None = None
     # A stream's batches ride one job, up to this many (merge.lua still runs once per batch: Redis is never
     # held longer than by one), while at least GROUP_WHEN_QUEUED jobs wait before them (see enqueue).
