@@ -17,7 +17,9 @@ stage, divided by the users. The stages are the ones a user goes through in `--n
                   there is one, else Intake.validate)
   stage           Store.stage_batch: sequence numbers and the staged blob, one round trip a batch
   RQ              enqueue_batch + track_staged, and the worker's job handling around the merge (an
-                  inline worker in burst mode over the jobs, minus the merge measured alone)
+                  inline worker in burst mode over the jobs, minus the merge measured alone); printed
+                  again below the total with Intake.GROUP_BATCHES batches a job (merge_batches), where
+                  the build has it: what a stream pays while jobs wait in the queue
   merge (worker)  the job's Python in the worker: fetch the blob, decode, codec encode, merge keys
   merge (script)  merge.lua in Redis
   export          Store.export: walk.lua, decode, encode and write of all_users.json
@@ -48,6 +50,10 @@ from core.storage.broker import Broker
 from core.storage.store import Store
 from protobufs import users_pb2, users_pb2_grpc
 
+try:
+    from core.queue.taskqueue import enqueue_batches
+except ImportError:  # one job per batch only (main as it was)
+    enqueue_batches = None
 try:
     from core.records import normalise_json
 except ImportError:  # before the typed pass (main as it was)
@@ -125,6 +131,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     logging.getLogger("rq").setLevel(logging.WARNING)
     rows: list[tuple[str, float, float]] = []
+    grouped_rq = None
     with tempfile.TemporaryDirectory(prefix="swordsec-stages-") as scratch:
         scratch = Path(scratch)
         path = scratch / "users.json"
@@ -164,6 +171,8 @@ def main(argv=None) -> int:
 
             payloads = [(msg.users_json, msg.first_record) for msg in messages if msg.users_json]
             names = {"direct": f"benchstages-{uuid.uuid4().hex[:8]}", "rq": f"benchstages-{uuid.uuid4().hex[:8]}"}
+            if enqueue_batches is not None:
+                names["grouped"] = f"benchstages-{uuid.uuid4().hex[:8]}"
             intakes = {}
             for kind, ns in names.items():
                 store = Store(connection, ns)
@@ -203,11 +212,29 @@ def main(argv=None) -> int:
             enqueue_ours, enqueue_redis = m.ours, m.theirs
             worker = make_worker(connection, queued.queue.name, name=f"bench-{uuid.uuid4().hex[:8]}")
             with meter as m:
-                worker.work(burst=True)
+                worker.work(burst=True, logging_level="WARNING")  # as core/queue/worker_process.py runs it
             rows.append(("RQ", (enqueue_ours + m.ours - merge_ours) * 1e6 / users,
                          (enqueue_redis + m.theirs - merge_redis) * 1e6 / users))
-            if queued.store.count() != users or direct.count() != users:
-                print(f"WARNING: stored {direct.count()} and {queued.store.count()} users, expected {users}")
+            stored = [direct.count(), queued.store.count()]
+            if "grouped" in intakes:
+                grouped = intakes["grouped"]
+                attempt = grouped.store.begin_attempt("2" * 32, name="bench")
+                size = grouped.GROUP_BATCHES
+                batches = [{"namespace": grouped.store.ns, "report": "2" * 32, "attempt": attempt,
+                            "span": f"{first}:{count}", "seq": seq, "key": "email", "source": "bench",
+                            "blob": blob, "count": count} for (seq, blob), first, count in staged["grouped"]]
+                with meter as m:
+                    for start in range(0, len(batches), size):
+                        grouped.flush(batches[start:start + size])
+                enqueue_ours, enqueue_redis = m.ours, m.theirs
+                worker = make_worker(connection, grouped.queue.name, name=f"bench-{uuid.uuid4().hex[:8]}")
+                with meter as m:
+                    worker.work(burst=True, logging_level="WARNING")
+                grouped_rq = ((enqueue_ours + m.ours - merge_ours) * 1e6 / users,
+                              (enqueue_redis + m.theirs - merge_redis) * 1e6 / users)
+                stored.append(grouped.store.count())
+            if any(count != users for count in stored):
+                print(f"WARNING: stored {stored} users, expected {users} each")
 
             with meter as m:
                 direct.export(scratch / "all_users.json")
@@ -223,6 +250,12 @@ def main(argv=None) -> int:
     total_ours = sum(r[1] for r in rows)
     total_redis = sum(r[2] for r in rows)
     print(f"  {'total':<16} {total_ours:7.2f} {total_redis:7.2f} {total_ours + total_redis:7.2f}")
+    if grouped_rq is not None:
+        rq_row = next(row for row in rows if row[0] == "RQ")
+        ours, theirs = grouped_rq
+        print(f"  {'RQ, grouped':<16} {ours:7.2f} {theirs:7.2f} {ours + theirs:7.2f}   "
+              f"({Intake.GROUP_BATCHES} batches a job, merge_batches; the total with it: "
+              f"{total_ours + total_redis - sum(rq_row[1:]) + ours + theirs:.2f})")
     return 0
 
 

@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
         + _env_help("after_merge"))
     add("--batch-size", type=int, metavar="N", help="users per gRPC batch and RQ job (default 1000)" + _env_help("batch_size"))
     add("--max-backlog", type=int, metavar="N",
-        help="back-pressure: past N queued jobs the server stops reading streams until workers catch up "
+        help="back-pressure: past N queued batches the server stops reading streams until workers catch up "
              "(default 200)" + _env_help("max_backlog"))
     add("--worker-mode", choices=("inline", "fork"),
         help="inline: jobs run in the worker process (default, fastest); fork: a work-horse per job, as RQ's "

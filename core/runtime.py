@@ -291,6 +291,8 @@ class Runtime:
                 # A drain job's users are the inbox's, counted above (its script takes them atomically).
                 if job is not None and job.func_name.endswith("merge_batch") and job.args:
                     users += int(job.args[0].get("count", 0))
+                elif job is not None and job.func_name.endswith("merge_batches") and job.args:
+                    users += sum(int(batch.get("count", 0)) for batch in job.args[0])
             return users
         except Exception:  # Redis gone, or a job we cannot read: unknown, never "all done"
             return None

@@ -11,16 +11,20 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 import time
 import uuid
 from pathlib import Path
 
+import grpc
+import orjson
 import pytest
 import redis
 
 from core.config import Settings
 from core.runtime import Runtime
 from core.storage.broker import Broker
+from protobufs import users_pb2, users_pb2_grpc
 
 ROOT = Path(__file__).resolve().parent.parent
 CHALLENGE = ROOT / "tests" / "data" / "challenge"  # copied from the project's public challenge data
@@ -234,6 +238,25 @@ def copy_challenge(folder: Path, names=None) -> list[Path]:
         if names is None or source.name in names:
             copied.append(Path(shutil.copy(source, folder / source.name)))
     return copied
+
+
+def stream_in_background(runtime, batches: list[list[dict]], source: str) -> tuple[threading.Thread, dict]:
+    """Send these batches as one SendUserBatches stream (distinct record ranges) from a thread: (thread, result),
+    result["reply"] the server's answer once the thread ends."""
+    result: dict = {}
+    size = len(batches[0]) if batches else 0
+
+    def send():
+        with grpc.insecure_channel(f"127.0.0.1:{runtime.server.port}") as channel:
+            stub = users_pb2_grpc.UsersStub(channel)
+            # Distinct record ranges: a range already applied is recognised as a retry and skipped.
+            requests = (users_pb2.UserBatch(users_json=orjson.dumps(b), source=source, index=i,
+                                            first_record=size * i) for i, b in enumerate(batches))
+            result["reply"] = stub.SendUserBatches(requests, timeout=120)
+
+    sender = threading.Thread(target=send, daemon=True)
+    sender.start()
+    return sender, result
 
 
 def make_users(count: int, tag: str = "u", start: int = 0) -> list[dict]:

@@ -18,6 +18,7 @@ from core.config import Settings
 from core.queue.jobs import FAILPOINT
 from core.queue.supervisor import FROZEN_HANDBACK
 from core.runtime import Runtime
+from core.service.backpressure import batches_of
 
 from conftest import make_users, wait_for
 from lifecycle_helpers import assert_nothing_left, program, start_headless, wait_children, wait_line
@@ -124,14 +125,20 @@ def test_an_external_redis_going_away_is_one_line_each_way_and_no_worker_restart
 
 # -- 9.11: SIGTERM exits 0 only once accepted work is merged --------------------------------------------------
 
-def accepted(tmp_path: Path, namespace: str, jobs: int) -> None:
-    """Wait until `jobs` batch jobs are queued or running in the program's embedded Redis."""
+def accepted(tmp_path: Path, namespace: str, batches: int) -> None:
+    """Wait until `batches` batches are in queued or running jobs in the program's embedded Redis (a job may
+    carry several)."""
     folder = tmp_path / "data" / "redis"
     client = redis.Redis(unix_socket_path=(folder / "socket").read_text().strip(),
                          password=(folder / "password").read_text().strip())
+
+    def carried() -> int:
+        ids = client.lrange(f"rq:queue:{namespace}", 0, -1)
+        ids += [member.split(b":")[0] for member in client.zrange(f"rq:wip:{namespace}", 0, -1)]
+        return sum(len(batches_of(client.hget(b"rq:job:" + job_id, "data"))) for job_id in ids)
+
     try:
-        wait_for(lambda: client.llen(f"rq:queue:{namespace}") + client.zcard(f"rq:wip:{namespace}") == jobs,
-                 message=f"{jobs} jobs accepted")
+        wait_for(lambda: carried() == batches, message=f"{batches} batches accepted")
     finally:
         client.close()
 
@@ -145,7 +152,7 @@ def test_sigterm_waits_for_accepted_users_to_be_merged_then_exits_0(tmp_path):
     wait_line(out, "watching")
     write_users(tmp_path / "drop", "held.json", 5_000, "h")
     wait_for(lambda: Path(str(gate) + ".started").exists(), message="a batch to be held at the gate")
-    accepted(tmp_path, namespace, jobs=10)  # the whole file is accepted: every batch is in Redis
+    accepted(tmp_path, namespace, batches=10)  # the whole file is accepted: every batch is in Redis
     process.send_signal(signal.SIGTERM)
     wait_line(out, "stopping: finishing accepted work (up to 20 s")
     time.sleep(1)
@@ -161,7 +168,7 @@ def test_sigterm_past_the_grace_says_how_many_users_remain_and_exits_non_zero(tm
     process, out = start_headless(tmp_path, namespace, "--batch-size", "500", "--stop-grace", "1", workers=0)
     wait_line(out, "watching")
     write_users(tmp_path / "drop", "nobody.json", 3_000, "n")
-    accepted(tmp_path, namespace, jobs=6)
+    accepted(tmp_path, namespace, batches=6)
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=30) == 4, out.read_text()
     assert ("swordsec-console: stopped with 3000 accepted user(s) not merged yet; they are safe in Redis and "
@@ -305,7 +312,7 @@ def test_a_second_sigterm_stops_waiting_at_once(tmp_path):
     process, out = start_headless(tmp_path, namespace, "--batch-size", "500", "--stop-grace", "600", workers=0)
     wait_line(out, "watching")
     write_users(tmp_path / "drop", "wait.json", 1_000, "w")
-    accepted(tmp_path, namespace, jobs=2)
+    accepted(tmp_path, namespace, batches=2)
     process.send_signal(signal.SIGTERM)
     wait_line(out, "stopping: finishing accepted work (up to 600 s")
     began = time.monotonic()

@@ -66,6 +66,35 @@ def merge_batch(batch: dict) -> dict:
     return result
 
 
+def merge_batches(batches: list[dict]) -> dict:
+    """Merge several staged batches, each as merge_batch does (its own exactly-once checks, its own merge.lua
+    call, so Redis is never held longer than by one batch). One job then pays RQ's bookkeeping for them all.
+
+    A batch that fails does not stop the others: they are merged, then the first error is raised, so RQ
+    retries the job and the batches merged before answer "already merged".
+
+    Returns:
+        dict: The summed counts, and ``batches`` (how many were merged now) and ``already_merged`` (how
+        many a retry found applied before).
+    """
+    _failpoint()
+    totals = {"new": 0, "updated": 0, "duplicate": 0, "batches": 0, "already_merged": 0}
+    failure: Exception | None = None
+    for batch in batches:
+        try:
+            counts = _store(batch["namespace"]).merge_staged(batch["report"], batch["attempt"], batch["span"],
+                                                             batch["seq"], batch["blob"], batch["key"])
+        except Exception as error:  # re-raised below, once the other batches are merged
+            failure = failure or error
+            continue
+        for name in ("new", "updated", "duplicate"):
+            totals[name] += counts[name]
+        totals["already_merged" if counts["already_merged"] else "batches"] += 1
+    if failure is not None:
+        raise failure
+    return totals
+
+
 def drain_inbox(namespace: str) -> int:
     """Merge every user that unary calls left in the inbox.
 
@@ -86,4 +115,5 @@ def drain_inbox(namespace: str) -> int:
 # they still run after an upgrade, and nothing else is added to what a job may call.
 FORMER_NAMES = {"core.jobs.merge_batch": merge_batch, "core.jobs.drain_inbox": drain_inbox}
 
-ALLOWED = frozenset({f"{__name__}.merge_batch", f"{__name__}.drain_inbox", *FORMER_NAMES})
+ALLOWED = frozenset({f"{__name__}.merge_batch", f"{__name__}.merge_batches", f"{__name__}.drain_inbox",
+                     *FORMER_NAMES})

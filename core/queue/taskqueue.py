@@ -193,10 +193,24 @@ def make_worker(connection: redis.Redis, queue_name: str, name: str | None = Non
     )
 
 
-def enqueue_batch(queue: Queue, batch: dict) -> Job:
-    job_id = f"batch-{batch['report']}-{batch['seq']}"
-    return queue.enqueue(jobs.merge_batch, batch, job_id=job_id, retry=RETRY, job_timeout=JOB_TIMEOUT,
-                         result_ttl=RESULT_TTL, description=f"merge {batch['count']} users of {batch['source']}")
+def enqueue_batch(queue: Queue, batch: dict, pipeline=None) -> Job:
+    return enqueue_batches(queue, [batch], pipeline)
+
+
+def enqueue_batches(queue: Queue, batches: list[dict], pipeline=None) -> Job:
+    """One job for these staged batches (merge_batch for one, merge_batches for several), named after the
+    first. pipeline: the caller's, to add its own writes to the same round trip (it executes it)."""
+    first = batches[0]
+    users = sum(batch["count"] for batch in batches)
+    sources = ", ".join(dict.fromkeys(batch["source"] for batch in batches))
+    if len(batches) == 1:
+        function, argument, description = jobs.merge_batch, first, f"merge {users} users of {sources}"
+    else:
+        function, argument = jobs.merge_batches, batches
+        description = f"merge {users} users in {len(batches)} batches of {sources}"
+    return queue.enqueue_call(function, args=(argument,), job_id=f"batch-{first['report']}-{first['seq']}",
+                              retry=RETRY, timeout=JOB_TIMEOUT, result_ttl=RESULT_TTL, description=description,
+                              pipeline=pipeline)
 
 
 def enqueue_drain(queue: Queue, namespace: str) -> Job:

@@ -116,22 +116,33 @@ class Store:
         return int(self.redis.incrby(self.key("seq"), count)) - count + 1
 
     def stage_batch(self, users: list[dict], progress: tuple[str, dict] | None = None) -> tuple[int, str]:
+        """stage() without a queue: (first seq, blob)."""
+        return self.stage(users, progress)[:2]
+
+    def stage(self, users: list[dict], progress: tuple[str, dict] | None = None,
+              queue_key: str | None = None) -> tuple[int, str, int, int]:
         """Reserve ingest sequence numbers and park the users in Redis for a merge job, in one round trip.
 
         The job then carries a reference, not the users: RQ compresses and keeps a job's data for as long
         as its result lives, while a staged batch is deleted by the merge that applies it.
         progress: (report id, fields) written to the file's report in the same round trip.
+        queue_key: an RQ queue whose length comes back too (0 without one).
+        Returns (first seq, blob, its size in bytes, queued jobs).
         """
         blob = self.key("batch", uuid.uuid4().hex)
+        data = orjson.dumps(users)
         with self.redis.pipeline(transaction=True) as pipe:
             pipe.incrby(self.key("seq"), max(1, len(users)))
-            pipe.set(blob, orjson.dumps(users))
+            pipe.set(blob, data)
             pipe.zadd(self.key("staged"), {blob: time.time()})
             self.count_records(accepted=len(users), client=pipe)
             if progress is not None:
                 pipe.hset(self.report_key(progress[0]), mapping={k: _field(v) for k, v in progress[1].items()})
-            last, *_ = pipe.execute()
-        return int(last) - max(1, len(users)) + 1, blob
+            if queue_key is not None:
+                pipe.llen(queue_key)
+            replies = pipe.execute()
+        queued = int(replies[-1]) if queue_key is not None else 0
+        return int(replies[0]) - max(1, len(users)) + 1, blob, len(data), queued
 
     def applied_ranges(self, report_id: str) -> list[tuple[int, int]]:
         """The union of a file's merged record ranges, as sorted disjoint [start, end) intervals."""
@@ -152,7 +163,11 @@ class Store:
 
     def track_staged(self, blob: str, job_id: str) -> None:
         """Remember which job carries a staged batch, so the blob goes when the job does (core/storage/staging.py)."""
-        self.redis.hset(self.key("staged", "jobs"), blob, job_id)
+        self.track_jobs({blob: job_id})
+
+    def track_jobs(self, jobs: dict[str, str], client=None) -> None:
+        """track_staged for several blobs (blob -> job id); client: a pipeline to ride in."""
+        (client or self.redis).hset(self.key("staged", "jobs"), mapping=jobs)
 
     def staged_older_than(self, seconds: float, limit: int = 1000) -> list[tuple[str, str | None]]:
         """Staged batches waiting longer than `seconds`, each with its job id (None: never enqueued)."""

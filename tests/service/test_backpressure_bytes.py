@@ -6,14 +6,8 @@ the queued jobs' staged users reach SWORDSEC_MAX_STAGED_BYTES, whatever the job 
 
 from __future__ import annotations
 
-import threading
-
-import grpc
-import orjson
-
 from core.service.backpressure import StagedBytes
-from protobufs import users_pb2, users_pb2_grpc
-from tests.conftest import make_users, wait_for
+from tests.conftest import make_users, stream_in_background, wait_for
 
 BOUND = 200_000  # bytes; one 500-user batch stages about 110 KB
 
@@ -27,18 +21,7 @@ def test_streams_are_held_at_the_staged_bytes_bound(runtime_factory):
     # A job-count bound far away (1,000 jobs), so only the byte bound can hold the stream.
     runtime = runtime_factory(watch=False, workers=0, max_backlog=1000, max_staged_bytes=BOUND, batch_size=500)
     batches = [make_users(500, f"b{n}-") for n in range(12)]
-    result: dict = {}
-
-    def send():
-        with grpc.insecure_channel(f"127.0.0.1:{runtime.server.port}") as channel:
-            stub = users_pb2_grpc.UsersStub(channel)
-            # Distinct record ranges: a range already applied is recognised as a retry and skipped.
-            requests = (users_pb2.UserBatch(users_json=orjson.dumps(b), source="bytes", index=i,
-                                            first_record=500 * i) for i, b in enumerate(batches))
-            result["reply"] = stub.SendUserBatches(requests, timeout=120)
-
-    sender = threading.Thread(target=send, daemon=True)
-    sender.start()
+    sender, result = stream_in_background(runtime, batches, "bytes")
     # No worker: the stream stops once the bound is reached, with most of its batches unsent.
     wait_for(lambda: staged(runtime) >= BOUND, 30, message="the staged bytes to reach the bound")
     # Held, not refused, while nothing merges. The bound is checked before a batch is staged, from a reading
