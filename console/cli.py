@@ -150,8 +150,9 @@ def run_headless(settings: Settings) -> int:
     log = logging.getLogger("swordsec")
     graces = _graces(settings)
     runtime = Runtime(settings, watch=not settings.once)
+    # The handlers only append here (no lock): setting an Event from a handler deadlocked a pipeline whose
+    # main thread was interrupted while it held that Event's lock, inside its own wait on it.
     received: list[int] = []
-    stop = threading.Event()
 
     def on_signal(signum, _frame):
         if settings.once and not received:
@@ -160,7 +161,6 @@ def run_headless(settings: Settings) -> int:
         if received:
             runtime.abort_drain()  # a second signal: stop waiting, what is left finishes at the next start
         received.append(signum)
-        stop.set()
 
     for signum in graces:
         signal.signal(signum, on_signal)
@@ -170,8 +170,9 @@ def run_headless(settings: Settings) -> int:
             summary = runtime.run_once()
             print(summary.line(), flush=True)
             return EXIT_OK if summary.clean else EXIT_INPUT_REJECTED
-        while not stop.wait(0.5):
+        while not received:
             runtime.check()  # the embedded Redis could not be started again: exit 3 with its one line
+            time.sleep(0.1)
         grace = graces.get(received[0], 0.0)
         log.info(f"stopping: finishing accepted work (up to {grace:g} s; signal again to stop now)" if grace else
                  "stopping: running jobs finish, queued ones resume at the next start")

@@ -10,7 +10,7 @@ import argparse
 import os
 import signal
 import sys
-import threading
+import time
 from pathlib import Path
 
 from console.output import EXIT_FAILURE, EXIT_INPUT_REJECTED, EXIT_OK, EXIT_USAGE, setup_logging
@@ -195,14 +195,14 @@ def worker(args: argparse.Namespace) -> int:
                         f"queue {settings.namespace}")
     supervisor = Supervisor(connection, settings.redis_url, settings.namespace, settings.workers,
                             on_event=events.emit, mode=settings.worker_mode)
-    stop = threading.Event()
+    stopping: list[int] = []  # appended by the handlers, no lock: an Event set there can deadlock the main thread
     # SIGHUP too: a terminal closed under a hand-started `worker` stops its processes (after their current job).
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, lambda *_: stop.set())
+        signal.signal(signum, lambda number, _frame: stopping.append(number))
     supervisor.start()
     try:
-        while not stop.wait(0.5):
-            pass
+        while not stopping:
+            time.sleep(0.1)
     finally:
         events.emit("info", "worker: stopping after current jobs")
         supervisor.stop()

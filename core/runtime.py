@@ -121,7 +121,9 @@ class Runtime:
         self.started_at = time.time()
         self._stop_lock = threading.Lock()
         self._stopped: StopOutcome | None = None
-        self._drain_abort = threading.Event()
+        # A plain flag, not an Event: abort_drain() runs in signal handlers, and setting an Event there deadlocks
+        # when the signal lands while the main thread holds that Event's lock (waiting on it in _drain).
+        self._drain_aborted = False
         self._history = History()  # rates and trends, across this runtime's snapshots
         self.publisher: EventPublisher | None = None
         self.owner: OwnerChannel | None = None
@@ -230,7 +232,7 @@ class Runtime:
 
     def abort_drain(self) -> None:
         """Stop waiting for the merge (a second signal): stop now, what is left finishes at the next start."""
-        self._drain_abort.set()
+        self._drain_aborted = True
 
     def _stop(self, grace: float) -> StopOutcome:
         if self.owner:
@@ -274,9 +276,9 @@ class Runtime:
         deadline = time.monotonic() + grace
         while True:
             remaining = self.pending_users()
-            if remaining == 0 or time.monotonic() >= deadline or self._drain_abort.is_set() or self.fatal:
+            if remaining == 0 or time.monotonic() >= deadline or self._drain_aborted or self.fatal:
                 return remaining
-            self._drain_abort.wait(0.1)
+            time.sleep(0.1)
 
     def pending_users(self) -> int | None:
         """Users accepted (in Redis) and not merged yet: queued and running batch jobs, plus the unary
