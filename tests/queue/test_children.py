@@ -43,7 +43,7 @@ def test_a_child_dies_with_a_parent_killed_by_sigkill(path):
                  message="the child to be running its program")
         os.kill(parent.pid, signal.SIGKILL)
         parent.wait(timeout=10)
-        wait_for(lambda: not child.is_running() or child.status() == psutil.STATUS_ZOMBIE, timeout=5,
+        wait_for(lambda: not child.is_running() or child.status() == psutil.STATUS_ZOMBIE, timeout=15,
                  message="the child to die with its parent")
     finally:
         if parent.poll() is None:
