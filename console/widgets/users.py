@@ -59,8 +59,10 @@ class UsersPanel(Panel):
         self.total = snap.users
         export = snap.export
         # count and age first: a long path is what gets cut in a narrow panel
+        # An export that failed before the first one was recorded carries only its error (for the doctor).
         written = (f"{number(export['count'])} users written {ago(export['written_at'], snap.taken_at)} to "
-                   f"{short_path(export['path'])}") if export else f"{short_path(snap.output_path)} not written yet"
+                   f"{short_path(export['path'])}") if "count" in export else \
+            f"{short_path(snap.output_path)} not written yet"
         self.query_one("#users-info", Static).update(written)
         self._render_subtitle()  # the count now; the page itself follows when its fetch returns
         key = (snap.users, export.get("version"))

@@ -219,3 +219,22 @@ async def test_the_help_screen_is_built_once_and_opens_again():
         shown = Console(width=120, record=True, file=io.StringIO())
         shown.print(app.screen.body)  # what the help's Static draws
         assert "Everywhere" in shown.export_text()
+
+
+async def test_an_export_that_failed_before_any_was_written_is_drawn_not_raised():
+    """Redis killed under a fresh console: the exporter's error reaches the snapshot before any export was
+    recorded, so the export holds only the error. The Users panel says it is not written yet."""
+    import dataclasses
+
+    from console.widgets.users import UsersPanel
+
+    from fake import SNAPSHOT, FakeRuntime
+
+    snapshot = dataclasses.replace(SNAPSHOT, export={"error": "cannot write /srv/swordsec/data: no space left"})
+    app = make_app(FakeRuntime(snapshot), start_runtime=False, refresh=30.0)
+    async with app.run_test(size=SIZE) as pilot:
+        panel = await until(pilot, lambda: app.snapshot is not None and dashboard(app).query_one(UsersPanel),
+                            message="the first snapshot drawn")
+        info = str(panel.query_one("#users-info").render())
+        assert "not written yet" in info, info
+        assert app.is_running
