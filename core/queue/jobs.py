@@ -58,10 +58,13 @@ def merge_batch(batch: dict) -> dict:
         retry found the batch applied before.
     """
     _failpoint()
+    return _merge_one(batch)
+
+
+def _merge_one(batch: dict) -> dict:
     mark("merge", batch["blob"])
-    store = _store(batch["namespace"])
-    result = store.merge_staged(batch["report"], batch["attempt"], batch["span"], batch["seq"], batch["blob"],
-                                batch["key"])
+    result = _store(batch["namespace"]).merge_staged(batch["report"], batch["attempt"], batch["span"],
+                                                     batch["seq"], batch["blob"], batch["key"])
     mark("merged", batch["blob"])
     return result
 
@@ -82,8 +85,7 @@ def merge_batches(batches: list[dict]) -> dict:
     failure: Exception | None = None
     for batch in batches:
         try:
-            counts = _store(batch["namespace"]).merge_staged(batch["report"], batch["attempt"], batch["span"],
-                                                             batch["seq"], batch["blob"], batch["key"])
+            counts = _merge_one(batch)
         except Exception as error:  # re-raised below, once the other batches are merged
             failure = failure or error
             continue

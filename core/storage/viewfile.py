@@ -183,7 +183,8 @@ class ViewFile:
             todo = sorted({*todo, source.first})
         copy = Copy(target, roomy=roomy, room=array("q", source.room), users=array("q", source.users),
                     used=array("q", source.used), first=source.first)
-        copy.bad = {bucket: found for bucket, found in source.bad.items() if bucket not in set(todo)}
+        again = set(todo)
+        copy.bad = {bucket: found for bucket, found in source.bad.items() if bucket not in again}
         least = ROOM_MIN if roomy else 0
         fd, tmp = tempfile.mkstemp(prefix=target.name + ".", suffix=".tmp", dir=target.parent)
         try:
