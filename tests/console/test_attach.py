@@ -62,7 +62,11 @@ async def test_attached_console_follows_a_pipeline_started_elsewhere(runtime_fac
             merged = [e.text for e in pipeline.events.recent(500) if "1.json" in e.text or "6.json" in e.text]
             await until(pilot, lambda: [e.text for e in app.snapshot.events if e.text in merged] == merged,
                         message="the pipeline's lines in the attached console")
-            await pilot.press("4", "enter")  # the Files panel, whatever had the focus
+            await pilot.press("4")  # the Files panel, whatever had the focus
+            files_table = dashboard(app).query_one("#panel-4 DataTable", DataTable)
+            # An enter that lands before the focus has moved goes to the widget that had it: wait for the move.
+            await until(pilot, lambda: app.focused is files_table, message="the Files table focused")
+            await pilot.press("enter")
             await until(pilot, lambda: isinstance(app.screen, FileReportScreen), message="a file report")
             await pilot.press("escape")
             # A key pressed before the report screen is gone goes to that screen: wait for the dashboard first.
