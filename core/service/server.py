@@ -31,6 +31,7 @@ from core.records import RecordError, normalise, normalise_json, split_records
 from core.service import security
 from core.service.admission import DEFAULT_IDLE_TIMEOUT, MAX_BATCH_USERS, RESERVED_THREADS, Admission
 from core.service.backpressure import StagedBytes
+from core.service.lane import StagingLane
 from core.service.ledger import RAW_CHUNK_BYTES, Ledger, SourceStream
 from core.storage.store import Store
 from protobufs import users_pb2, users_pb2_grpc
@@ -318,7 +319,8 @@ class UsersService(users_pb2_grpc.UsersServicer):
         ranges: dict[str, Ranges] = {}
         ledger = self.intake.ledger
         source: SourceStream | None = None
-        group: list[dict] = []  # staged batches held for one job (Intake.enqueue)
+        group: list[dict] = []  # staged batches held for one job (Intake.enqueue), by the lane's thread
+        lane = StagingLane()
         try:
             with self._call(context, True):
                 for batch in request_iterator:
@@ -339,9 +341,10 @@ class UsersService(users_pb2_grpc.UsersServicer):
                     carries = batch.users or batch.users_json or batch.record_count
                     if carries or source is None or not (batch.HasField("header") or batch.HasField("trailer")):
                         # (a header or a trailer alone is not a batch: it covers no records)
-                        self._batch(batch, source, tally, adhoc, attempts, ranges, context, group)
+                        self._batch(batch, source, tally, adhoc, attempts, ranges, context, group, lane)
                     if source is not None and batch.HasField("trailer"):
                         source.trailer = batch.trailer
+                lane.close()
                 self.intake.flush(group)
                 if adhoc in attempts:
                     self.intake.store.finish_report(adhoc, tally.batches, name="send", state="queued",
@@ -355,6 +358,7 @@ class UsersService(users_pb2_grpc.UsersServicer):
                         state = ledger.finish(source, tally.batches, tally.accepted,
                                               tally.rejected + trailer.rejected, reasons[:MAX_REASONS])
         finally:
+            lane.close(raise_error=False)  # what it staged before a failure is queued, not left to the sweep
             self._flush_held(group)
             if source is not None:
                 ledger.release(source.file_id)
@@ -404,7 +408,7 @@ class UsersService(users_pb2_grpc.UsersServicer):
                                       state="rejected")
 
     def _batch(self, batch, source: SourceStream | None, tally: Tally, adhoc: str, attempts: dict[str, str],
-               ranges: dict[str, Ranges], context, group: list[dict] | None = None) -> None:
+               ranges: dict[str, Ranges], context, group: list[dict], lane: StagingLane) -> None:
         """Decode, check, validate and queue one batch; a range the file merged before is only counted."""
         records: list = [user_from_pb(u) for u in batch.users]
         # users_json whose records are all valid users: decoded and validated in one typed pass (valid is then
@@ -433,10 +437,16 @@ class UsersService(users_pb2_grpc.UsersServicer):
             if report_id not in attempts:
                 attempts[report_id] = self.intake.store.attempt(report_id)
         users = valid if valid is not None else self.intake.validate(records, batch.first_record, tally)
-        self.intake.hold(context, group)
-        self.intake.enqueue(report_id, attempts[report_id], batch.source or "stream", span, users, progress, group)
+        lane.submit(self._stage, context, group, report_id, attempts[report_id], batch.source or "stream", span,
+                    users, progress)
         tally.accepted += len(users)
         tally.batches += 1
+
+    def _stage(self, context, group: list[dict], report_id: str, attempt: str, source: str, span: str,
+               users: list[dict], progress: dict | None) -> None:
+        """On the stream's lane: wait for room in the backlog, then stage the batch and queue it."""
+        self.intake.hold(context, group)
+        self.intake.enqueue(report_id, attempt, source, span, users, progress, group)
 
     def _after_trailer(self, batch, source: SourceStream, tally: Tally, context) -> None:
         """After the trailer only the raw copy of a damaged file may come."""
