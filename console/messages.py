@@ -16,6 +16,17 @@ class StatusUpdated(Message):
         return isinstance(message, StatusUpdated)
 
 
+class PulseTaken(Message):
+    """Fresh headline numbers (core.ops.status.pulse); like a snapshot, only the newest matters."""
+
+    def __init__(self, pulse) -> None:
+        super().__init__()
+        self.pulse = pulse
+
+    def can_replace(self, message: Message) -> bool:
+        return isinstance(message, PulseTaken)
+
+
 class RuntimeReady(Message):
     """The core runtime finished starting (or failed to: `error` says why)."""
 

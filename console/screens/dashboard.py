@@ -12,7 +12,7 @@ from console.keys import DASHBOARD_KEYS, bindings
 from console.widgets.events import EventsPanel
 from console.widgets.failed import FailedPanel
 from console.widgets.files import FilesPanel
-from console.widgets.panel import Panel
+from console.widgets.panel import Panel, show_content
 from console.widgets.queue import QueuePanel
 from console.widgets.services import ServicesPanel
 from console.widgets.users import UsersPanel
@@ -25,7 +25,8 @@ NARROW = 110
 class StatusLine(Static):
     """Top line: the product, whether the screen is live, and the headline numbers."""
 
-    def draw(self, snap, paused: bool, interval: float) -> None:
+    def draw(self, snap, paused: bool, interval: float, pulse=None) -> None:
+        """pulse: a core.ops.snapshot.Pulse; its users and backlog stand in for the snapshot's when newer."""
         live = Text("⏸ refresh PAUSED (space)", "bold yellow") if paused else Text(f"● live · {interval:g} s", "green")
         text = Text.assemble(("swordsec-console ", "bold"), live)
         if snap is not None and (pipeline := snap.pipeline) is not None:  # first: a narrow screen cuts the end
@@ -36,11 +37,14 @@ class StatusLine(Static):
             watcher = ""
             if snap.watcher is not None:
                 watcher = "watcher PAUSED" if snap.watcher.paused else "watching"
-            text.append(f" · {number(snap.users)} users · {snap.alive_workers}/{snap.desired_workers} workers · "
-                        f"backlog {number(snap.backlog)} · {watcher}")
+            users, backlog = snap.users, snap.backlog
+            if pulse is not None and pulse.taken_at > snap.taken_at:
+                users, backlog = pulse.users, pulse.backlog
+            text.append(f" · {number(users)} users · {snap.alive_workers}/{snap.desired_workers} workers · "
+                        f"backlog {number(backlog)} · {watcher}")
         else:
             text.append(" · starting…")
-        self.update(text)
+        show_content(self, text)
 
 
 class DashboardScreen(Screen):
@@ -69,9 +73,9 @@ class DashboardScreen(Screen):
         for panel in self.panels:
             panel.show(snap)
 
-    def draw_status(self, snap, paused: bool, interval: float) -> None:
+    def draw_status(self, snap, paused: bool, interval: float, pulse=None) -> None:
         for line in self.query(StatusLine):  # none yet while the screen is still composing
-            line.draw(snap, paused, interval)
+            line.draw(snap, paused, interval, pulse)
 
     def action_focus_panel(self, index: int) -> None:
         panel = self.panels[index]

@@ -6,7 +6,7 @@ from rich.text import Text
 from textual.widgets import Sparkline, Static
 
 from console.format import duration, number
-from console.widgets.panel import Panel
+from console.widgets.panel import Panel, show_content
 from core.ops.status import REGISTRIES
 
 COLOURS = {"queued": "yellow", "started": "cyan", "finished": "green", "failed": "red"}
@@ -33,9 +33,9 @@ class QueuePanel(Panel):
             counts.append(f"{name} ", "bold" if value else "dim")
             counts.append(f"{number(value)}", style)
             counts.append("  ")
-        self.query_one("#queue-counts", Static).update(counts)
+        show_content(self.query_one("#queue-counts", Static), counts)
         self.query_one("#queue-spark", Sparkline).data = list(snap.rate_history) or [0.0]
-        self.query_one("#queue-rate", Static).update(render_rate(snap))
+        show_content(self.query_one("#queue-rate", Static), render_rate(snap))
 
 
 def render_rate(snap) -> Text:

@@ -7,7 +7,7 @@ from rich.text import Text
 from textual.widgets import Static
 
 from console.format import number
-from console.widgets.panel import Panel
+from console.widgets.panel import Panel, show_content
 
 OK, BAD, PAUSED = ("●", "green"), ("●", "red"), ("●", "yellow")
 
@@ -28,7 +28,8 @@ class ServicesPanel(Panel):
         self.focus()
 
     def show(self, snap) -> None:
-        self.query_one("#services-body", Static).update(render_services(snap))
+        grid = render_services(snap)
+        show_content(self.query_one("#services-body", Static), grid, height=grid.row_count)  # no column wraps
 
 
 def render_services(snap) -> Table:

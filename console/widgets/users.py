@@ -14,7 +14,7 @@ from textual.widgets import DataTable, Static
 
 from console.format import ago, number, short_path
 from console.keys import Key, bindings
-from console.widgets.panel import FilterInput, Panel
+from console.widgets.panel import FilterInput, Panel, show_content
 from core.config import USER_FIELDS
 
 PAGE = 100
@@ -22,6 +22,9 @@ PAGE = 100
 WIDTHS = {"id": 6, "first_name": 12, "last_name": 14, "email": 28, "gender": 7, "ip_address": 15,
           "user_name": 14, "agent": 24, "country": 14}
 MAX_MATCHES = 10_000
+# While merges keep landing the page changes at every refresh, faster than anyone reads it, and redrawing its 900
+# cells is the costliest part of a refresh: it follows at most this often then, and at once when the backlog empties.
+BUSY_PAGE_EVERY = 5.0
 
 
 class UsersPanel(Panel):
@@ -43,6 +46,7 @@ class UsersPanel(Panel):
         self.query_text = ""
         self.matches: list[dict] | None = None
         self.shown_version: tuple | None = None
+        self.loaded_at = 0.0  # snapshot time of the last page load
 
     def compose(self):
         yield Static("", id="users-info")
@@ -63,11 +67,12 @@ class UsersPanel(Panel):
         written = (f"{number(export['count'])} users written {ago(export['written_at'], snap.taken_at)} to "
                    f"{short_path(export['path'])}") if "count" in export else \
             f"{short_path(snap.output_path)} not written yet"
-        self.query_one("#users-info", Static).update(written)
+        show_content(self.query_one("#users-info", Static), written)
         self._render_subtitle()  # the count now; the page itself follows when its fetch returns
         key = (snap.users, export.get("version"))
-        if key != self.shown_version and self.matches is None and self._drawn_now:
-            self.shown_version = key
+        due = snap.backlog == 0 or snap.taken_at - self.loaded_at >= BUSY_PAGE_EVERY
+        if key != self.shown_version and self.matches is None and self._drawn_now and due:
+            self.shown_version, self.loaded_at = key, snap.taken_at
             self.load_page()
 
     @property

@@ -102,3 +102,13 @@ class Snapshot:
         """Work that quitting now would interrupt: queued or running jobs, files being read."""
         streaming = sum(1 for f in self.files if f.get("state") == "streaming")
         return self.queue.get("queued", 0) + self.queue.get("started", 0) + streaming
+
+
+@dataclass(frozen=True)
+class Pulse:
+    """The headline numbers between two snapshots (core.ops.status.pulse): one round trip, cheap enough to draw
+    several times a second while the full snapshot comes once a second."""
+
+    taken_at: float
+    users: int
+    backlog: int  # jobs queued or being merged, as Snapshot.backlog counts them

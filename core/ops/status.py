@@ -21,7 +21,7 @@ from rq.worker import Worker
 
 from core.ops.doctor import diagnose
 from core.ops.owner import Presence
-from core.ops.snapshot import FailedJob, GrpcInfo, PipelineInfo, RedisInfo, Snapshot, WatcherInfo, WorkerInfo
+from core.ops.snapshot import FailedJob, GrpcInfo, PipelineInfo, Pulse, RedisInfo, Snapshot, WatcherInfo, WorkerInfo
 from core.queue.taskqueue import WORKER_TTL, JSONSerializer, SafeJob
 
 if TYPE_CHECKING:
@@ -165,6 +165,17 @@ def _collect(sources: Sources, now: float) -> Snapshot:
         output_path=output_path, failed=failed, events=events, unreadable_inbox=unreadable, pipeline=pipeline,
     )
     return _with_problems(snap, sources.settings)
+
+
+def pulse(store: Store, queue: Queue) -> Pulse:
+    """The users merged and the backlog now, in one round trip (what Snapshot.users and .backlog count)."""
+    now = time.time()
+    with queue.connection.pipeline(transaction=False) as pipe:
+        pipe.get(store.key("users", "count"))
+        pipe.llen(queue.key)
+        pipe.zcard(queue.started_job_registry.key)
+        users, queued, started = pipe.execute()
+    return Pulse(taken_at=now, users=int(users or 0), backlog=int(queued) + int(started))
 
 
 def _with_problems(snap: Snapshot, settings: Settings) -> Snapshot:
