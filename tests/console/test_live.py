@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from rich.table import Table
 from rich.text import Text
+from test_app import SIZE, dashboard, until
 from textual.app import App
 from textual.widgets import Static
 
@@ -13,7 +14,6 @@ from console.widgets.panel import show_content
 from core.ops.status import pulse
 
 from conftest import copy_challenge
-from test_app import SIZE, dashboard, until
 
 
 async def test_the_status_line_counts_merged_users_between_snapshots(runtime_factory):
