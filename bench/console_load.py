@@ -90,6 +90,7 @@ async def without_console(settings, files: list[Path], total: int) -> float:
     from core.runtime import Runtime
 
     runtime = Runtime(settings).start()
+    settle()  # as run_headless does
     try:
         return await wait_merged(runtime, total, drop(files, settings.watch))
     finally:
@@ -104,7 +105,7 @@ async def with_console(settings, files: list[Path], total: int, refresh: float |
     from console.screens.help import HelpScreen
     from core.runtime import Runtime
 
-    app = make_app(Runtime(settings), **({"refresh": refresh} if refresh else {}))
+    app = make_app(Runtime(settings), on_ready=settle, **({"refresh": refresh} if refresh else {}))
     frames: list[float] = []
     drawn: list[float] = []
     display = app._display
@@ -197,8 +198,24 @@ def distribution(values: list[float]) -> str:
             f"max {ordered[-1] * 1000:.0f} ms")
 
 
+def gc_policy():
+    """The program's collector settings (core.gc_policy), where the build has them: the bench does as it does."""
+    try:
+        from core import gc_policy
+    except ImportError:
+        return None
+    return gc_policy
+
+
+def settle() -> None:
+    if (policy := gc_policy()) is not None:
+        policy.settle()
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if (policy := gc_policy()) is not None:
+        policy.tune()  # as console.cli.main does
     work = Path(tempfile.mkdtemp(prefix="bench-console-load-"))
     bench = open_redis(args.redis_url, work / "redis")
     try:

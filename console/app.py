@@ -28,8 +28,10 @@ class SwordsecApp(App[int]):
     TITLE = "swordsec-console"
     BINDINGS = bindings(APP_KEYS)
 
-    def __init__(self, runtime, *, refresh: float = REFRESH, start_runtime: bool = True) -> None:
+    def __init__(self, runtime, *, refresh: float = REFRESH, start_runtime: bool = True, on_ready=None) -> None:
+        """on_ready(): called on the UI thread once the runtime has started (the program settles its heap)."""
         super().__init__()
+        self.on_ready = on_ready
         self.runtime = runtime
         self.interval = refresh
         self.start_runtime = start_runtime
@@ -71,6 +73,8 @@ class SwordsecApp(App[int]):
         if message.error:
             self.exit(return_code=EXIT_FAILURE, message=f"swordsec-console: {message.error}")
             return
+        if self.on_ready is not None:
+            self.on_ready()
         self.poll()
         self.beat()
 

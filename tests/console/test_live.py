@@ -32,7 +32,7 @@ async def test_the_status_line_counts_merged_users_between_snapshots(runtime_fac
 
 
 def test_a_pulse_counts_what_a_snapshot_counts(runtime_factory):
-    runtime = runtime_factory()
+    runtime = runtime_factory(watch=False)
     copy_challenge(runtime.settings.watch, ["2.json"])
     summary = runtime.run_once()
     beat, snap = pulse(runtime.store, runtime.queue), runtime.snapshot()
@@ -99,3 +99,24 @@ async def test_the_users_page_follows_a_busy_ingest_every_few_seconds_and_its_en
         assert loads == [1000, 1000 * (int(BUSY_PAGE_EVERY) + 1)], loads
         app.post_message(StatusUpdated(dataclasses.replace(SNAPSHOT, taken_at=start + 10.5, users=99_999, backlog=0)))
         await until(pilot, lambda: loads[-1] == 99_999, message="the last page once the backlog is empty")
+
+
+async def test_the_app_settles_the_heap_once_the_runtime_has_started():
+    from fake import FakeRuntime
+
+    ready: list[bool] = []
+    app = make_app(FakeRuntime(), refresh=3600, on_ready=lambda: ready.append(app.ready.is_set()))
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: ready, message="on_ready")
+        assert ready == [True]
+
+
+def test_the_collector_policy_collects_less_often_and_freezes_the_started_heap():
+    """In a process of its own: a frozen heap is the process's for good."""
+    import subprocess
+    import sys
+
+    code = ("import gc; from core import gc_policy; gc_policy.tune(); before = gc.get_freeze_count(); "
+            "gc_policy.settle(); print(gc.get_threshold()[0], before == 0 < gc.get_freeze_count())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == [str(__import__("core.gc_policy").gc_policy.YOUNG), "True"]
