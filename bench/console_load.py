@@ -198,23 +198,23 @@ def distribution(values: list[float]) -> str:
             f"max {ordered[-1] * 1000:.0f} ms")
 
 
-def gc_policy():
-    """The program's collector settings (core.gc_policy), where the build has them: the bench does as it does."""
+def interpreter():
+    """The program's interpreter settings (core.interpreter), where the build has them: the bench does as it does."""
     try:
-        from core import gc_policy
+        from core import interpreter
     except ImportError:
         return None
-    return gc_policy
+    return interpreter
 
 
 def settle() -> None:
-    if (policy := gc_policy()) is not None:
+    if (policy := interpreter()) is not None:
         policy.settle()
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if (policy := gc_policy()) is not None:
+    if (policy := interpreter()) is not None:
         policy.tune()  # as console.cli.main does
     work = Path(tempfile.mkdtemp(prefix="bench-console-load-"))
     bench = open_redis(args.redis_url, work / "redis")

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from console.output import EXIT_FAILURE, EXIT_INPUT_REJECTED, EXIT_OK, EXIT_UNFINISHED, EXIT_USAGE, setup_logging
-from core import gc_policy
+from core import interpreter
 from core.config import Settings
 
 # After a signal, the app gets this long to leave once the runtime is stopped; then the process leaves anyway.
@@ -167,7 +167,7 @@ def run_headless(settings: Settings) -> int:
         signal.signal(signum, on_signal)
     try:
         runtime.start()
-        gc_policy.settle()
+        interpreter.settle()
         if settings.once:
             summary = runtime.run_once()
             print(summary.line(), flush=True)
@@ -195,7 +195,7 @@ def run_ui(settings: Settings) -> int:
     from core.runtime import Runtime
 
     runtime = Runtime(settings)
-    app = make_app(runtime, on_ready=gc_policy.settle)
+    app = make_app(runtime, on_ready=interpreter.settle)
     graces = _graces(settings)
     code: list[int] = []
 
@@ -248,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     # gRPC's C core logs to stderr on its own (bind failures, TLS handshakes); our one-line errors say it
     # better. GRPC_VERBOSITY=debug still works for whoever sets it.
     os.environ.setdefault("GRPC_VERBOSITY", "NONE")
-    gc_policy.tune()
+    interpreter.tune()
     try:
         args = build_parser().parse_args(argv)
         if args.command:

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from console.output import EXIT_FAILURE, EXIT_INPUT_REJECTED, EXIT_OK, EXIT_USAGE, setup_logging
-from core import gc_policy
+from core import interpreter
 from core.config import Settings
 
 
@@ -267,7 +267,7 @@ def attach(args: argparse.Namespace) -> int:
     runtime = AttachedRuntime(settings).start()  # before the screen: a Redis that does not answer is one line
     yield_cpu()
     try:
-        app = make_app(runtime, refresh=args.refresh, start_runtime=False, on_ready=gc_policy.settle)
+        app = make_app(runtime, refresh=args.refresh, start_runtime=False, on_ready=interpreter.settle)
         app.run()
     finally:
         runtime.stop()

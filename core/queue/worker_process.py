@@ -19,7 +19,7 @@ import time
 
 import redis
 
-from core import gc_policy
+from core import interpreter
 from core.queue.children import arm_from_environment
 from core.queue.handback import hand_back, rescue_stranded
 from core.queue.taskqueue import make_worker
@@ -98,8 +98,8 @@ def main(argv: list[str]) -> int:
         return 2
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s worker %(message)s")
     connection = from_url(url, socket_connect_timeout=5)
-    gc_policy.tune()
-    gc_policy.settle()
+    interpreter.tune()
+    interpreter.settle()
     if os.environ.get("SWORDSEC_WORKER_SUPERVISED") == "1":
         threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
     stopping = threading.Event()

@@ -111,12 +111,15 @@ async def test_the_app_settles_the_heap_once_the_runtime_has_started():
         assert ready == [True]
 
 
-def test_the_collector_policy_collects_less_often_and_freezes_the_started_heap():
+def test_the_interpreter_collects_less_often_switches_less_often_and_freezes_the_started_heap():
     """In a process of its own: a frozen heap is the process's for good."""
     import subprocess
     import sys
 
-    code = ("import gc; from core import gc_policy; gc_policy.tune(); before = gc.get_freeze_count(); "
-            "gc_policy.settle(); print(gc.get_threshold()[0], before == 0 < gc.get_freeze_count())")
+    from core.interpreter import SWITCH_INTERVAL, YOUNG
+
+    code = ("import gc, sys; from core import interpreter; interpreter.tune(); before = gc.get_freeze_count(); "
+            "interpreter.settle(); print(gc.get_threshold()[0], sys.getswitchinterval(), "
+            "before == 0 < gc.get_freeze_count())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
-    assert out == [str(__import__("core.gc_policy").gc_policy.YOUNG), "True"]
+    assert out == [str(YOUNG), str(SWITCH_INTERVAL), "True"]
