@@ -5,26 +5,27 @@ from __future__ import annotations
 from textual.message import Message
 
 
-class StatusUpdated(Message):
-    """A fresh core.ops.status snapshot; only the newest one matters, so a queued older one is replaced."""
+class Newest(Message):
+    """A reading of which only the newest matters: a queued older one of the same kind is replaced."""
+
+    def can_replace(self, message: Message) -> bool:
+        return type(message) is type(self)
+
+
+class StatusUpdated(Newest):
+    """A fresh core.ops.status snapshot."""
 
     def __init__(self, snapshot) -> None:
         super().__init__()
         self.snapshot = snapshot
 
-    def can_replace(self, message: Message) -> bool:
-        return isinstance(message, StatusUpdated)
 
-
-class PulseTaken(Message):
-    """Fresh headline numbers (core.ops.status.pulse); like a snapshot, only the newest matters."""
+class PulseTaken(Newest):
+    """Fresh headline numbers (core.ops.status.pulse)."""
 
     def __init__(self, pulse) -> None:
         super().__init__()
         self.pulse = pulse
-
-    def can_replace(self, message: Message) -> bool:
-        return isinstance(message, PulseTaken)
 
 
 class RuntimeReady(Message):
