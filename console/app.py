@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import threading
 
+import redis
 from textual import work
 from textual.app import App
 from textual.worker import get_current_worker
@@ -101,8 +102,11 @@ class SwordsecApp(App[int]):
                 continue
             try:
                 self.post_message(PulseTaken(pulse(store, queue)))
-            except Exception:  # Redis away: the snapshot, once a second, says so; the pulse just waits
-                pass
+            except (redis.RedisError, OSError):  # Redis away: the snapshot, once a second, says so
+                continue
+            except Exception as error:  # a bug: said once, and the snapshot goes on alone
+                self.runtime.emit("error", f"status pulse stopped: {type(error).__name__}: {error}")
+                return
 
     def on_pulse_taken(self, message: PulseTaken) -> None:
         self.pulse = message.pulse
