@@ -14,6 +14,9 @@ The switch interval. The console's process runs a dozen threads (reader, gRPC se
 exporter, the UI's event loop). At Python's default of 5 ms the GIL changes hands so often that a key press
 waited behind a convoy of them: `?` answered in 134 ms median, 217 ms p95 during a 1,000,000-user ingest; at
 20 ms, 69-114 ms median and 137-138 ms p95 in two runs of three rounds, with the ingest no slower (bench/README.md).
+
+The console's and `--no-ui`'s process use these; the worker processes keep Python's defaults (with these in them,
+a test ingesting through the seed's client stream under CPU hogs stalled in about one run of three, cause unknown).
 """
 
 from __future__ import annotations

@@ -19,11 +19,9 @@ import time
 
 import redis
 
-from core import interpreter
 from core.queue.children import arm_from_environment
 from core.queue.handback import hand_back, rescue_stranded
 from core.queue.taskqueue import make_worker
-from core.storage.broker import from_url
 
 URL_VARIABLE = "SWORDSEC_WORKER_REDIS_URL"
 # Seconds between probes of a Redis that went away; the last one repeats.
@@ -97,9 +95,7 @@ def main(argv: list[str]) -> int:
         print(f"worker: {URL_VARIABLE} is not set", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s worker %(message)s")
-    connection = from_url(url, socket_connect_timeout=5)
-    interpreter.tune()
-    interpreter.settle()
+    connection = redis.Redis.from_url(url, socket_connect_timeout=5)
     if os.environ.get("SWORDSEC_WORKER_SUPERVISED") == "1":
         threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
     stopping = threading.Event()

@@ -6,13 +6,11 @@ keeps an append-only file (fsync every second) in the data folder, and never evi
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import threading
@@ -83,39 +81,8 @@ def find_redis_server() -> str | None:
     return None
 
 
-# A staged batch is ~300 KB in one command. With the kernel's default send buffer (212,992 bytes) it reaches
-# Redis in two reads, and Redis reads a client once per turn of its event loop, a turn that holds every merge
-# script ready meanwhile (milliseconds each): the staging round trip, the stream's pace, waited for them twice.
-# Asked for more, the kernel gives what its net.core.wmem_max allows (doubled): a batch then goes in one read.
-SEND_BUFFER = 1 << 21
-
-
-def _roomy(connection_class):
-    class Roomy(connection_class):
-        def _connect(self):
-            sock = super()._connect()
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
-            return sock
-
-    Roomy.__name__ = Roomy.__qualname__ = f"Roomy{connection_class.__name__}"
-    return Roomy
-
-
-ROOMY = {"unix": _roomy(redis.UnixDomainSocketConnection), "redis": _roomy(redis.Connection),
-         "rediss": _roomy(redis.SSLConnection)}
-
-
-def from_url(url: str, **options) -> redis.Redis:
-    """redis.Redis.from_url, its connections with the larger send buffer (SEND_BUFFER)."""
-    scheme = url.partition("://")[0].lower()
-    if scheme in ROOMY:
-        options["connection_class"] = ROOMY[scheme]
-    return redis.Redis.from_url(url, **options)
-
-
 def connect(url: str) -> redis.Redis:
-    client = from_url(url, socket_connect_timeout=5, health_check_interval=30)
+    client = redis.Redis.from_url(url, socket_connect_timeout=5, health_check_interval=30)
     try:
         client.ping()
     except redis.AuthenticationError:

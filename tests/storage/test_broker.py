@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import socket
-from pathlib import Path
-
 import redis
 
-from core.storage.broker import Broker, connect, redact
+from core.storage.broker import Broker, redact
 
 
 def test_a_long_data_folder_gets_a_short_private_socket_that_is_removed(tmp_path):
@@ -51,24 +48,3 @@ def test_passwords_never_show_in_a_redacted_url():
     assert redact("unix:///tmp/r.sock?password=hunter2&db=0") == "unix:///tmp/r.sock?password=***&db=0"
     assert redact("redis://secret@host:6379/0") == "redis://***@host:6379/0"
     assert redact("redis://host:6379/0") == "redis://host:6379/0"
-
-
-def test_connections_send_a_staged_batch_in_one_go(redis_url):
-    """A staged batch (~300 KB) must reach Redis in one read: its connections ask for more than the kernel's
-    default send buffer, over the embedded unix socket and over TCP alike (core.storage.broker.SEND_BUFFER)."""
-    default = int(Path("/proc/sys/net/core/wmem_default").read_text())
-    client = connect(redis_url)
-    try:
-        connection = client.connection_pool.get_connection()
-        try:
-            connection.connect()
-            sent = connection._sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
-        finally:
-            client.connection_pool.release(connection)
-        assert sent > default >= 0, (sent, default)
-        blob = b"x" * 400_000
-        client.set("swordsec-test:sndbuf", blob)
-        assert client.get("swordsec-test:sndbuf") == blob
-    finally:
-        client.delete("swordsec-test:sndbuf")
-        client.close()
