@@ -171,7 +171,7 @@ def pulse(store: Store, queue: Queue) -> Pulse:
     """The users merged and the backlog now, in one round trip (what Snapshot.users and .backlog count)."""
     now = time.time()
     with queue.connection.pipeline(transaction=False) as pipe:
-        pipe.get(store.key("users", "count"))
+        pipe.get(store.count_key)
         pipe.llen(queue.key)
         pipe.zcard(queue.started_job_registry.key)
         users, queued, started = pipe.execute()

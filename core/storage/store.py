@@ -84,6 +84,7 @@ class Store:
         self.codec = Codec(Dictionary(connection, namespace))
         self.bucket_prefix = self.key("bucket") + ":"
         self.dirty_key = self.key("export", "dirty")
+        self.count_key = self.key("users", "count")  # users stored (merge.lua keeps it)
         self.wake_key = self.key("export", "wake")
         self.counters_key = self.key("counters")
 
@@ -105,7 +106,7 @@ class Store:
         return [
             self.key("version"), self.report_key(report_id), self.report_key(report_id, "done"),
             self.key("inbox"), self.report_key(report_id, "seen", attempt), blob or self.key("batch", "none"),
-            self.key("users", "count"), self.codec.dictionary.keys[2], self.key("inbox", "unreadable"),
+            self.count_key, self.codec.dictionary.keys[2], self.key("inbox", "unreadable"),
             self.key("staged"), self.key("staged", "jobs"), self.counters_key, self.report_key(report_id, "cover"),
             self.dirty_key,
         ]
@@ -281,7 +282,7 @@ class Store:
             keys = self.redis.hkeys(name)
             for start in range(0, len(keys), 1000):
                 pairs = [part for key in keys[start:start + 1000] for part in (key, bucket_of(key.decode()))]
-                moved += int(self._rebucket(keys=[name, self.key("users", "count"), self.dirty_key],
+                moved += int(self._rebucket(keys=[name, self.count_key, self.dirty_key],
                                             args=[self.bucket_prefix, *pairs]))
         return moved
 
@@ -393,7 +394,7 @@ class Store:
 
     # -- reading users --------------------------------------------------------------------------------
     def count(self) -> int:
-        return int(self.redis.get(self.key("users", "count")) or 0)
+        return int(self.redis.get(self.count_key) or 0)
 
     def unreadable_inbox(self) -> int:
         """Inbox items no drain could parse (set aside in inbox:unreadable, never merged)."""
