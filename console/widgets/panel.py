@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import weakref
+
 from rich.cells import cell_len
 from rich.text import Text
 from textual.containers import Vertical
@@ -85,6 +87,10 @@ def sync_rows(table: DataTable, rows: list[tuple[str, tuple]]) -> None:
                 table.update_cell(key, column, after)
 
 
+# What show_content last gave each widget, and the height it said that takes; weak: a removed widget leaves.
+_SHOWN: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def show_content(static: Static, content, height: int | None = None) -> None:
     """Static.update without the costs that buy nothing: no redraw when the text shown is the same, and no layout
     pass when the widget's height cannot change. A layout pass reflows the whole screen (tens of ms on a loaded
@@ -95,7 +101,7 @@ def show_content(static: Static, content, height: int | None = None) -> None:
     """
     if isinstance(content, str):
         content = Text(content)
-    shown, shown_height = getattr(static, "_shown", (None, None))
+    shown, shown_height = _SHOWN.get(static, (None, None))
     if isinstance(content, Text) and content == shown:
         return
     if height is None and isinstance(content, Text):
@@ -105,7 +111,7 @@ def show_content(static: Static, content, height: int | None = None) -> None:
             height = len(lines)
     fixed = (rule := static.styles.height) is not None and rule.unit == Unit.CELLS
     static.update(content, layout=not fixed and (height is None or height != shown_height))
-    static._shown = (content, height)
+    _SHOWN[static] = (content, height)
 
 
 class PanelTable(DataTable):

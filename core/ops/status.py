@@ -155,7 +155,7 @@ def _collect(sources: Sources, now: float) -> Snapshot:
                         events=events, rate_history=tuple(history.rates), output_path=output_path,
                         pipeline=pipeline)
         return _with_problems(snap, sources.settings)
-    backlog = counts["queued"] + counts["started"]
+    backlog = _backlog(counts)
     users_rate, jobs_rate, rates, trend = history.add(now, users, workers, backlog)
     eta = backlog / jobs_rate if backlog and jobs_rate > 0 else (0.0 if not backlog else None)
     snap = Snapshot(
@@ -175,7 +175,13 @@ def pulse(store: Store, queue: Queue) -> Pulse:
         pipe.llen(queue.key)
         pipe.zcard(queue.started_job_registry.key)
         users, queued, started = pipe.execute()
-    return Pulse(taken_at=now, users=int(users or 0), backlog=int(queued) + int(started))
+    counts = {"queued": int(queued), "started": int(started)}
+    return Pulse(taken_at=now, users=int(users or 0), backlog=_backlog(counts))
+
+
+def _backlog(counts: dict) -> int:
+    """Jobs queued or being merged: the backlog of the status line, the pulse and the ETA alike."""
+    return counts["queued"] + counts["started"]
 
 
 def _with_problems(snap: Snapshot, settings: Settings) -> Snapshot:

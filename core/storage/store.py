@@ -445,11 +445,13 @@ class Store:
         _same_epoch(dictionary.epoch, stored_epoch.decode())
         return self._decode_buckets(numbers, found, on_bad)
 
-    def take_changes(self) -> tuple[int, set[int], str]:
-        """(version, buckets changed since the last call, export generation), taken in one step.
+    def take_changes(self) -> tuple[int, set[int], str, int]:
+        """(version, buckets changed since the last call, export generation, take number), taken in one step.
 
         The generation is a token made by the first export of a namespace; a cleared namespace loses it,
-        which tells an exporter that what it holds describes a store that is gone.
+        which tells an exporter that what it holds describes a store that is gone. The take number counts the
+        calls: a copy saved as complete up to take N (core/storage/viewfile.py) is complete only while no later
+        call has taken changes it never saw.
         """
         generation = self.key("export", "generation")
         self.redis.set(generation, uuid.uuid4().hex[:12], nx=True)
@@ -458,8 +460,17 @@ class Store:
             pipe.smembers(self.dirty_key)
             pipe.delete(self.dirty_key)
             pipe.get(generation)
-            version, dirty, _, token = pipe.execute()
-        return int(version or 0), {int(b) for b in dirty}, (token or b"").decode()
+            pipe.incr(self.key("export", "takes"))
+            version, dirty, _, token, take = pipe.execute()
+        return int(version or 0), {int(b) for b in dirty}, (token or b"").decode(), int(take)
+
+    def export_position(self) -> tuple[str, int]:
+        """(export generation, number of the last take_changes): what a saved copy must match to be used."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.get(self.key("export", "generation"))
+            pipe.get(self.key("export", "takes"))
+            token, take = pipe.execute()
+        return (token or b"").decode(), int(take or 0)
 
     def record_export(self, info: dict, bad: list[dict]) -> None:
         """What the last all_users.json write held (the doctor, /metrics and the console read it)."""

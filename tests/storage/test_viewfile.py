@@ -7,6 +7,8 @@ import os
 
 import orjson
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from core.storage import codec, viewfile
 from core.storage.store import Store
@@ -158,7 +160,9 @@ def test_a_whole_write_that_fails_leaves_no_temporary_file(view, monkeypatch):
         view.write()
     monkeypatch.undo()
     assert in_file(view) == before
-    assert sorted(p.name for p in view.path.parent.iterdir()) == [".all_users.json.a", ".all_users.json.b", "all_users.json"]
+    # the layout of the copy that failed is gone with it (deleted before the write began)
+    assert sorted(p.name for p in view.path.parent.iterdir()) == [
+        ".all_users.json.a", ".all_users.json.b", ".all_users.json.b.layout", "all_users.json"]
     view.write()
     assert in_file(view) == in_store(store)
 
@@ -318,3 +322,88 @@ def test_the_kernel_s_copy_missing_falls_back_to_read_and_write(small, monkeypat
     merge(small.store, make_users(4, "plain"), "g")
     small.write()
     assert small.spliced == 1 and in_file(small) == in_store(small.store)
+
+
+# -- a restarted process takes up the copies it left (saved layouts) -----------------------------------------
+def restarted(view: ViewFile) -> ViewFile:
+    """The exporter of a new process on the same store and path."""
+    return ViewFile(view.store, view.path, patch_from=0)
+
+
+def test_a_restarted_process_patches_the_copies_it_left_without_walking_the_store(view, monkeypatch):
+    store = view.store
+    merge(store, make_users(3, "before-restart"), "g")
+    view.write()
+    merge(store, make_users(4, "while-down"), "h")
+    again = restarted(view)
+    walking_forbidden(store, monkeypatch)
+    again.write()
+    monkeypatch.undo()
+    assert again.restored == 2 and again.patched == 1
+    assert in_file(again) == in_store(store) and len(in_file(again)) == 2007
+    again.write()  # the other copy too: it still misses what the last export before the restart took
+    assert again.patched == 2
+    assert json.loads(again.copy_path("a").read_bytes()) == json.loads(again.copy_path("b").read_bytes())
+
+
+def test_changes_taken_by_an_export_that_never_finished_leave_the_saved_copies_unused(view):
+    store = view.store
+    merge(store, make_users(5, "lost-take"), "g")
+    store.take_changes()  # an export that took these changes, then its process died before writing
+    again = restarted(view)
+    again.write()
+    assert again.restored == 0 and again.patched == 0
+    assert in_file(again) == in_store(store) and len(in_file(again)) == 2005
+
+
+def test_a_copy_changed_on_disk_since_its_layout_was_saved_is_not_taken_up(view):
+    store = view.store
+    current = view.path.resolve()
+    current.write_bytes(current.read_bytes().replace(b"\n]", b" \n]"))  # still JSON, another size
+    merge(store, make_users(2, "edited"), "g")
+    again = restarted(view)
+    again.write()
+    assert again.restored == 0
+    assert in_file(again) == in_store(store)
+
+
+@pytest.fixture
+def saved_layouts(view):
+    """A view whose two copies have saved layouts, and those layouts' bytes."""
+    merge(view.store, make_users(1, "damage"), "g")
+    view.write()
+    return view, {name: view.layout_path(name).read_bytes() for name in ("a", "b")}
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_a_damaged_layout_is_never_taken_up(saved_layouts, data):
+    """Any truncation or flipped byte of a saved layout: that copy is not taken up (it is written anew), never
+    patched at offsets the damage made up; the undamaged copy still is."""
+    view, originals = saved_layouts
+    name = data.draw(st.sampled_from(["a", "b"]))
+    raw = bytearray(originals[name])
+    if data.draw(st.booleans(), label="truncate"):
+        raw = raw[:data.draw(st.integers(0, 2**32)) % len(raw)]
+    else:  # positions drawn from a fixed range: the layout's length varies between examples
+        raw[data.draw(st.integers(0, 2**32)) % len(raw)] ^= data.draw(st.integers(1, 255))
+    view.layout_path(name).write_bytes(bytes(raw))
+    try:
+        again = restarted(view)
+        again._restore()
+        assert again.copies[name] is None
+        if name == view.current:  # the copy readers see is what any other is made from: without it, none
+            assert again.restored == 0
+        else:
+            assert again.restored == 1 and again.current == view.current
+    finally:
+        view.layout_path(name).write_bytes(originals[name])
+
+
+def test_undamaged_layouts_are_taken_up_and_give_the_store(saved_layouts):
+    view, _ = saved_layouts
+    merge(view.store, make_users(3, "after-damage-check"), "h")
+    again = restarted(view)
+    again.write()
+    assert again.restored == 2 and again.patched == 1
+    assert in_file(again) == in_store(view.store)
