@@ -16,6 +16,9 @@ step, once the store holds the step's users, it prints:
 - drop: a 1,000-user file renamed into the folder until all_users.json holds its users (3 drops, each
   time to the export record; the last one also checked in the file itself);
 - memory: Redis's used_memory and the peak RSS of every process during the step;
+- restart: with --restart, the console is stopped after the last step and started again on the same data:
+  seconds until its Redis answers, and until a 1,000-user file dropped at once is in all_users.json (a
+  console that must write the file whole first takes as long as a whole export);
 - export cost: with --export-cost N, two fresh consoles ingest the same first N users, one watching (its
   exporter rewrites all_users.json all along) and one with --once (no export until the end): the ratio of
   their ingest rates (first merged user to last) is what exporting during a long ingest costs it.
@@ -56,6 +59,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--drops", type=int, default=3, help="1,000-user drops per step (default 3)")
     parser.add_argument("--export-cost", type=int, default=0, metavar="N",
                         help="also compare the ingest of N users with and without exports meanwhile")
+    parser.add_argument("--restart", action="store_true", help="after the last step, restart the console and time a drop")
     parser.add_argument("--generate-only", action="store_true", help="write the data files and stop")
     parser.add_argument("--keep", action="store_true", help="keep the run folder and print its path")
     return parser.parse_args(argv)
@@ -90,13 +94,13 @@ class Console:
         self.drop = root / "drop"
         self.data = root / "data"
         self.output = self.data / "all_users.json"
-        self.drop.mkdir(parents=True)
+        self.drop.mkdir(parents=True, exist_ok=True)  # exists when the console is started again on the same data
         self.feed(feed)
         script = Path(sys.executable).with_name("swordsec-console")
         command = [str(script)] if script.exists() else [sys.executable, "-m", "console.cli"]
         command += ["--no-ui", "--workers", str(workers), "--grpc-listen", "127.0.0.1:0", "--watch", str(self.drop),
                     "--data-dir", str(self.data), "--quiet-period", "0.2", *flags]
-        self.log = open(root / "console.log", "wb")
+        self.log = open(root / "console.log", "ab")
         self.process = subprocess.Popen(command, cwd=root, stdin=subprocess.DEVNULL, stdout=self.log,
                                         stderr=subprocess.STDOUT)
         self.sampler = TreeSampler(self.process.pid, 0.25).start()
@@ -220,6 +224,16 @@ def step(console: Console, args, files: list[Path], target: int, probes: int) ->
             "size": console.output.stat().st_size, "probes": probes}
 
 
+def restart(console: Console, args, probes: int) -> tuple[Console, dict]:
+    """Stop the console, start it again on the same data, and drop a 1,000-user file as soon as it is up."""
+    console.stop()
+    started = time.monotonic()
+    again = Console(console.root, args.workers)
+    up = time.monotonic() - started
+    expected = again.merged() + 1000
+    return again, {"up": up, "drop": drop_latency(again, args.data, probes, expected)}
+
+
 def export_cost(args, files: list[Path], users: int) -> tuple[float, float]:
     """Users/s of the same ingest while watching (exports all along) and with --once (one export at the end)."""
     rates = []
@@ -246,7 +260,7 @@ def main(argv=None) -> int:
     print(f"data: {args.data} (generating what is missing)", flush=True)
     started = time.monotonic()
     files = data_files(args.data, max(steps[-1], args.export_cost), args.file_users)
-    for n in range(len(steps) * args.drops):
+    for n in range(len(steps) * args.drops + 1):
         probe_file(args.data, n)
     print(f"data ready in {time.monotonic() - started:.0f} s", flush=True)
     if args.generate_only:
@@ -265,6 +279,10 @@ def main(argv=None) -> int:
             rows.append((target, row))
             print(f"{target:>11,} users: " + orjson.dumps({k: v for k, v in row.items() if k != "ended"}).decode(),
                   flush=True)
+        if args.restart:
+            console, again = restart(console, args, probes)
+            print(f"restarted at {console.merged():,} users: up (Redis answering) after {again['up']:.1f} s, a 1,000-user "
+                  f"drop then in all_users.json after {again['drop']:.2f} s", flush=True)
     finally:
         console.stop()
         if args.keep:
