@@ -590,12 +590,17 @@ def write_json_array(path: Path, values) -> int:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
+    sync_directory(path.parent)
+    return count
+
+
+def sync_directory(folder: Path) -> None:
+    """Make the names created, replaced or deleted in `folder` durable (a rename is not, until its directory is)."""
+    dir_fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
-    return count
 
 
 INT_FIELDS = {"size", "read_bytes", "records", "accepted", "rejected", "new", "updated", "duplicate", "batches_total",

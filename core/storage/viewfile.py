@@ -40,7 +40,7 @@ import orjson
 
 from core.ops.trace import mark
 from core.storage.codec import BUCKETS
-from core.storage.store import MAX_BAD_SAMPLES, Store
+from core.storage.store import MAX_BAD_SAMPLES, Store, sync_directory
 
 # A region's room to grow: an eighth of its users' bytes and about three users more (about 22 users at 10M
 # users, 5 at 1M): a few thousand new users touch a bucket once or twice, and a copy whose bucket overflows
@@ -347,11 +347,7 @@ class ViewFile:
         link.unlink(missing_ok=True)
         os.symlink(target.name, link)
         os.replace(link, self.path)
-        dir_fd = os.open(self.path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        sync_directory(self.path.parent)
 
     def _record(self, copy: Copy) -> dict:
         samples = [sample for _, found in sorted(copy.bad.items()) for sample in found[1]][:MAX_BAD_SAMPLES]
@@ -416,11 +412,7 @@ def _forget_layout(path: Path) -> None:
         path.unlink()
     except FileNotFoundError:
         return
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    sync_directory(path.parent)
 
 
 def _write_all(fd: int, data: bytes) -> None:
