@@ -137,7 +137,7 @@ def _stopped_line(outcome) -> str:
     if outcome.remaining:
         return (f"stopped with {outcome.remaining} accepted user(s) not merged yet; they are safe in Redis and "
                 f"finish at the next start")
-    return "stopped, but all_users.json could not be written; it is written again at the next start"
+    return "stopped before all_users.json was brought up to date; it is written again at the next start"
 
 
 def _exit_code(outcome) -> int:

@@ -33,6 +33,7 @@ from core.storage.broker import Broker
 from core.storage.exporter import Exporter
 from core.storage.redis_guard import RedisGuard
 from core.storage.store import Store
+from core.storage.viewfile import ExportStopped
 
 NO_WORKER_GRACE = 30.0
 # The gRPC server's own grace for calls in flight at stop (a held-back stream is cancelled, not waited on).
@@ -181,6 +182,7 @@ class Runtime:
                               f"{' with TLS' if s.tls else ''}{' with a token' if s.token else ''}")
             self.exporter = Exporter(self.store, s.output_path, s.export_interval, on_event=self.emit,
                                      idle=self._merges_idle)
+            self.exporter.view.stopping = lambda: self._drain_aborted  # a second signal: a long write gives up
             if self.watch:  # --once writes the file once, at the end: exporting meanwhile only costs time
                 self.exporter.start()
             self.client = UsersClient(self._client_target(), tls_ca=s.tls_cert, token=s.token,
@@ -264,6 +266,9 @@ class Runtime:
             try:
                 users = self.exporter.write()["count"]
                 exported = True
+            except ExportStopped as stopped:
+                self.emit("warning", f"{self.exporter.path.name} not brought up to date: {stopped} (a second "
+                                     f"signal); it still shows the export before, and the next start writes it")
             except Exception as error:  # Redis already gone: the last periodic export stands
                 self.emit("error", f"final export failed: {error}")
         if self.publisher:

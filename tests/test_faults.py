@@ -323,3 +323,22 @@ def test_a_second_sigterm_stops_waiting_at_once(tmp_path):
     assert process.wait(timeout=30) == 4
     assert time.monotonic() - began < 5
     assert "stopped with 1000 accepted user(s) not merged yet" in out.read_text()
+
+
+def test_a_second_signal_gives_up_a_long_final_export_and_the_outcome_says_so(runtime_factory, monkeypatch):
+    """A final write of all_users.json takes a minute at ten million users: a second signal ends it (the file
+    keeps the export before, never a half-written one), and the stop says the file is behind."""
+    from core.storage import viewfile
+
+    runtime = runtime_factory(watch=False, workers=1)
+    runtime.server.service.intake.enqueue("f" * 32, runtime.store.attempt("f" * 32), "t", "0:50",
+                                          make_users(50, "late"))
+    wait_for(lambda: runtime.store.count() == 50, message="the batch merged")
+    before = runtime.exporter.path.read_bytes() if runtime.exporter.path.exists() else None
+    monkeypatch.setattr(viewfile, "STOP_AFTER", 0.0)  # as if the write had already run long
+    runtime.abort_drain()
+    outcome = runtime.stop(grace=5)
+    assert not outcome.exported and not outcome.complete
+    assert (runtime.exporter.path.read_bytes() if runtime.exporter.path.exists() else None) == before
+    said = [e.text for e in runtime.events.recent() if "not brought up to date" in e.text]
+    assert len(said) == 1 and "a second signal" in said[0] and "the next start writes it" in said[0]

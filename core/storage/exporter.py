@@ -17,7 +17,7 @@ from core.background import Background
 from core.ops.trace import mark
 from core.storage.staging import STAGED_GRACE, sweep_staged
 from core.storage.store import Store
-from core.storage.viewfile import ViewFile
+from core.storage.viewfile import ExportStopped, ViewFile
 
 SETTLE = 0.2
 # How often the version is looked at (one GET) while the file is behind it (settling, pacing a long ingest,
@@ -144,6 +144,8 @@ class Exporter(Background):
                 self.on_event("info", f"{self.path} written again")
                 self.error = ""
             return time.monotonic()
+        except ExportStopped:  # the program is stopping and said so; the file still shows the export before
+            return None
         except (OSError, redis.RedisError) as error:
             # One line when writing stops working (the doctor shows the latest reason): a full disk fails here
             # as a refused Redis write, then as a failed file write, and is still one failure.

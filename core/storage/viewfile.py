@@ -49,8 +49,15 @@ ROOM_SHARE = 8
 ROOM_MIN = 1024
 PATCH_FROM = 200_000  # below this many users a whole write takes a second or so: no room, no patching
 READ_BUCKETS = 200  # changed buckets read per round trip while patching
+# A write asked to stop (ViewFile.stopping: a second signal while the program stops) ends once it has run this
+# long; a shorter one finishes. A whole write at ten million users takes a minute.
+STOP_AFTER = 0.5
 SEPARATOR, FIRST, OPEN, CLOSE = b",\n", b"\n", b"[", b"\n]\n"
 LAYOUT_FORMAT = 1
+
+
+class ExportStopped(Exception):
+    """A write given up because it was asked to stop: the file still shows the export before it."""
 
 
 @dataclass
@@ -80,7 +87,9 @@ class ViewFile:
         self.patched = 0  # exports that patched a copy in place (for tests and the bench)
         self.spliced = 0  # exports that made a copy anew from the current one
         self.restored = 0  # copies taken up from the layouts a previous process saved
+        self.stopping = lambda: False  # True once a write in progress should be given up (see STOP_AFTER)
         self._looked_for_saved = False
+        self._started = 0.0
 
     @property
     def behind(self) -> bool:
@@ -100,6 +109,7 @@ class ViewFile:
         if not self._looked_for_saved:
             self._looked_for_saved = True
             self._restore()
+        self._started = time.monotonic()
         version, changed, generation, take = self.store.take_changes()
         mark("export-changes", changed)
         for copy in self.copies.values():
@@ -139,6 +149,7 @@ class ViewFile:
                 return False
             first = min(todo[0], copy.first) if todo else copy.first
             for at in range(0, len(todo), READ_BUCKETS):
+                self._check_stop()
                 chunk = todo[at:at + READ_BUCKETS]
                 for bucket in chunk:  # read again whole: its undecodable values are counted afresh
                     copy.bad.pop(bucket, None)
@@ -209,6 +220,7 @@ class ViewFile:
             _write_all(fd, OPEN)
             at = 0
             for begin in range(0, len(todo), READ_BUCKETS):  # a chunk at a time: memory stays flat at any size
+                self._check_stop()
                 for bucket, users in self.store.read_buckets(todo[begin:begin + READ_BUCKETS], _Bad(copy).tell):
                     _copy_regions(src, fd, source, at, bucket)
                     if bucket <= copy.first:  # the first region so far, or one before it (its comma is added)
@@ -251,6 +263,7 @@ class ViewFile:
                 for bucket, users in self.store.iter_buckets(on_bad=bad.tell):
                     if not users:
                         continue
+                    self._check_stop()
                     position = _empty_regions(out, copy, previous, bucket, position, least)
                     body = _region(users, copy.first == BUCKETS)
                     copy.first = min(copy.first, bucket)
@@ -273,6 +286,10 @@ class ViewFile:
             Path(tmp).unlink(missing_ok=True)
             raise
         return copy
+
+    def _check_stop(self) -> None:
+        if self.stopping() and time.monotonic() - self._started >= STOP_AFTER:
+            raise ExportStopped(f"stopped after {time.monotonic() - self._started:.1f} s of writing {self.path.name}")
 
     # -- the layouts a restart takes up --------------------------------------------------------------------
     def _save_layout(self, name: str, take: int) -> None:

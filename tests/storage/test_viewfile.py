@@ -167,6 +167,47 @@ def test_a_whole_write_that_fails_leaves_no_temporary_file(view, monkeypatch):
     assert in_file(view) == in_store(store)
 
 
+def stop_writes(view: ViewFile, monkeypatch) -> None:
+    """As after a second signal: the next write gives up at its first step (no time allowed)."""
+    monkeypatch.setattr(viewfile, "STOP_AFTER", 0.0)
+    view.stopping = lambda: True
+
+
+def no_temporary_files(view: ViewFile) -> bool:
+    return not [p for p in view.path.parent.iterdir() if p.name.endswith(".tmp")]
+
+
+@pytest.mark.parametrize("how", ["patched", "written whole", "made anew from the current copy"])
+def test_a_write_asked_to_stop_gives_up_and_leaves_the_export_before(view, monkeypatch, how):
+    store = view.store
+    if how == "written whole":
+        view.copies = {"a": None, "b": None}  # as in a new process
+    merge(store, make_users(300, "late"), "g")
+    before = in_file(view)
+    if how == "made anew from the current copy":
+        view.write()  # the other copy is patched; the next write makes the stale one anew from it
+        before = in_file(view)
+        merge(store, make_users(10, "later"), "h")
+        view.copies["a" if view.current == "b" else "b"] = None
+    patched, spliced = view.patched, view.spliced
+    stop_writes(view, monkeypatch)
+    with pytest.raises(viewfile.ExportStopped, match="stopped after"):
+        view.write()
+    assert in_file(view) == before and no_temporary_files(view)
+    assert (view.patched, view.spliced) == (patched, spliced)
+    view.stopping = lambda: False
+    view.write()
+    assert in_file(view) == in_store(store)
+
+
+def test_a_write_asked_to_stop_finishes_when_it_is_short(view, monkeypatch):
+    monkeypatch.setattr(viewfile, "STOP_AFTER", 3600.0)
+    view.stopping = lambda: True
+    merge(view.store, make_users(5, "quick"), "g")
+    view.write()
+    assert in_file(view) == in_store(view.store)
+
+
 def test_a_cleared_namespace_is_written_whole(view):
     store = view.store
     store.clear()
