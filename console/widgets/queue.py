@@ -26,16 +26,28 @@ class QueuePanel(Panel):
         self.focus()
 
     def show(self, snap) -> None:
-        counts = Text()
-        for name in REGISTRIES:
-            value = snap.queue.get(name, 0)
-            style = COLOURS.get(name, "") if value else "dim"
-            counts.append(f"{name} ", "bold" if value else "dim")
-            counts.append(f"{number(value)}", style)
-            counts.append("  ")
-        show_content(self.query_one("#queue-counts", Static), counts)
+        shown = self.query_one("#queue-counts", Static)
+        show_content(shown, render_counts(snap.queue, shown.content_region.width))
         self.query_one("#queue-spark", Sparkline).data = list(snap.rate_history) or [0.0]
         show_content(self.query_one("#queue-rate", Static), render_rate(snap))
+
+
+def render_counts(queue: dict, width: int) -> Text:
+    """Each registry's name and count, wrapped between registries only (never "canceled" above its count)."""
+    counts, used = Text(), 0
+    for name in REGISTRIES:
+        value = queue.get(name, 0)
+        item = f"{name} {number(value)}"
+        if used and width > 0 and used + 2 + len(item) > width:
+            counts.append("\n")
+            used = 0
+        elif used:
+            counts.append("  ")
+            used += 2
+        counts.append(f"{name} ", "bold" if value else "dim")
+        counts.append(number(value), COLOURS.get(name, "") if value else "dim")
+        used += len(item)
+    return counts
 
 
 def render_rate(snap) -> Text:

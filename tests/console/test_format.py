@@ -5,8 +5,11 @@ from __future__ import annotations
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from rich.cells import cell_len
 
-from console.format import ago, bar, duration, file_state, size
+from console.format import ago, bar, duration, file_state, number, size
+from console.widgets.queue import render_counts
+from core.ops.status import REGISTRIES
 
 
 @pytest.mark.parametrize("num, shown", [(0, "0 B"), (1023, "1023 B"), (1024, "1.0 KiB"), (1536, "1.5 KiB"),
@@ -37,3 +40,12 @@ def test_file_states_an_operator_reads():
     assert file_state({"state": "streaming"}) == "reading"
     assert file_state({"state": "merged", "damage": "truncated"}) == "partial"
     assert file_state({"state": "merged", "damage": ""}) == "merged"
+
+
+@given(st.dictionaries(st.sampled_from(REGISTRIES), st.integers(0, 10 ** 12)), st.integers(0, 200))
+def test_queue_counts_wrap_between_registries_only(queue, width):
+    lines = render_counts(queue, width).plain.split("\n")
+    items = [item for line in lines for item in line.split("  ")]
+    assert items == [f"{name} {number(queue.get(name, 0))}" for name in REGISTRIES]  # each name beside its count
+    if width > 0:  # a line holds one registry at least; more only when they fit
+        assert all(cell_len(line) <= width or "  " not in line for line in lines)
