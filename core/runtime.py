@@ -180,9 +180,9 @@ class Runtime:
             intake.drain_leftovers()
             self.emit("info", f"gRPC: serving Users on {self.server.address}"
                               f"{' with TLS' if s.tls else ''}{' with a token' if s.token else ''}")
+            # A second signal (abort_drain) also gives up a long write of all_users.json.
             self.exporter = Exporter(self.store, s.output_path, s.export_interval, on_event=self.emit,
-                                     idle=self._merges_idle)
-            self.exporter.view.stopping = lambda: self._drain_aborted  # a second signal: a long write gives up
+                                     idle=self._merges_idle, stopping=lambda: self._drain_aborted)
             if self.watch:  # --once writes the file once, at the end: exporting meanwhile only costs time
                 self.exporter.start()
             self.client = UsersClient(self._client_target(), tls_ca=s.tls_cert, token=s.token,

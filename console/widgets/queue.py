@@ -37,7 +37,8 @@ def render_counts(queue: dict, width: int) -> Text:
     counts, used = Text(), 0
     for name in REGISTRIES:
         value = queue.get(name, 0)
-        item = f"{name} {number(value)}"
+        shown = number(value)
+        item = f"{name} {shown}"
         if used and width > 0 and used + 2 + len(item) > width:
             counts.append("\n")
             used = 0
@@ -45,7 +46,7 @@ def render_counts(queue: dict, width: int) -> Text:
             counts.append("  ")
             used += 2
         counts.append(f"{name} ", "bold" if value else "dim")
-        counts.append(number(value), COLOURS.get(name, "") if value else "dim")
+        counts.append(shown, COLOURS.get(name, "") if value else "dim")
         used += len(item)
     return counts
 

@@ -34,14 +34,17 @@ class Exporter(Background):
     thread_name = "exporter"
     join_seconds = 30.0  # a write of a large store in progress ends first
 
-    def __init__(self, store: Store, path: Path, interval: float, on_event=None, idle=None):
+    def __init__(self, store: Store, path: Path, interval: float, on_event=None, idle=None, stopping=None):
         """idle(): True when no stream is open and no batch is queued or being merged. Then a change is written
-        at once; otherwise it waits for SETTLE of quiet (or its turn while merges keep coming)."""
+        at once; otherwise it waits for SETTLE of quiet (or its turn while merges keep coming).
+        stopping(): True once a long write in progress should be given up (ViewFile.stopping)."""
         super().__init__()
         self.idle = idle or (lambda: False)
         self.store = store
         self.path = Path(path)
         self.view = ViewFile(store, self.path)
+        if stopping is not None:
+            self.view.stopping = stopping
         self.interval = interval
         self.on_event = on_event or (lambda level, text: None)
         self.last: dict = {}
