@@ -32,16 +32,63 @@ EXTERNAL_REDIS = "redis://127.0.0.1:6379"
 CLAIM_KEY = "swordsec-test-suite"
 
 
-def wait_for(predicate, timeout: float = 30.0, interval: float = 0.05, message: str = "condition"):
-    """Poll until predicate() is truthy; fail the test with `message` at the deadline."""
+def wait_for(predicate, timeout: float = 30.0, interval: float = 0.05, message: str = "condition", explain=None):
+    """Poll until predicate() is truthy; fail the test with `message` at the deadline, and with what
+    explain() says about the state then (for example pipeline_state(runtime)) when it is given."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
         if value:
             return value
         if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f} s waiting for {message}")
+            said = ""
+            if explain is not None:
+                try:
+                    said = "\n" + explain()
+                except Exception as error:  # the explanation must never hide the timeout itself
+                    said = f"\n(no state: {error!r})"
+            pytest.fail(f"timed out after {timeout:.0f} s waiting for {message}{said}")
         time.sleep(interval)
+
+
+def pipeline_state(runtime) -> str:
+    """Where a runtime's jobs are, for a test that timed out waiting on them: the queue, RQ's registries
+    with each job's status and worker, the workers as RQ and as the supervisor see them, and their logs."""
+    from rq import Worker
+    from rq.registry import FailedJobRegistry, FinishedJobRegistry, StartedJobRegistry
+
+    queue, connection = runtime.queue, runtime.store.redis
+    lines = [f"queue {queue.name}: {queue.count} waiting {queue.get_job_ids()[:10]}"]
+    for registry in (StartedJobRegistry(queue=queue), FailedJobRegistry(queue=queue)):
+        ids = registry.get_job_ids()
+        lines.append(f"{type(registry).__name__}: {ids[:10]}")
+        for job_id in ids[:5]:
+            job = queue.fetch_job(job_id)
+            if job is not None:
+                lines.append(f"  {job_id}: {job.get_status()} worker={job.worker_name} started={job.started_at}"
+                             f" retries_left={job.retries_left} exc={(job.exc_info or '')[-300:]!r}")
+    now = time.time()
+    for worker in Worker.all(queue=queue):
+        beat = worker.last_heartbeat.timestamp() if worker.last_heartbeat else None
+        lines.append(f"rq worker {worker.name}: {worker.get_state()} job={worker.get_current_job_id()}"
+                     f" heartbeat {now - beat:.1f} s ago" if beat else f"rq worker {worker.name}: no heartbeat")
+    for process in runtime.supervisor.processes():
+        lines.append(f"process {process}")
+        log = runtime.supervisor.log_path(process["name"])
+        if log is not None and log.exists():
+            lines.append("  log: " + log.read_text(errors="replace")[-800:].replace("\n", "\n       "))
+    finished = FinishedJobRegistry(queue=queue).get_job_ids()
+    lines.append(f"FinishedJobRegistry: {len(finished)} jobs")
+    for job_id in finished[:12]:
+        job = queue.fetch_job(job_id)
+        if job is not None:
+            lines.append(f"  {job_id}: worker={job.worker_name} result={job.return_value()}")
+    store = runtime.store
+    lines.append(f"users stored: {store.count()}; staged: {connection.zrange(store.key('staged'), 0, -1)}")
+    lines.append(f"staged jobs: {connection.hgetall(store.key('staged', 'jobs'))}")
+    for report in store.reports()[:5]:
+        lines.append(f"report {report}")
+    return "\n".join(lines)
 
 
 def claim_external_database() -> str | None:

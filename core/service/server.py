@@ -100,9 +100,16 @@ def batch_span(batch, records: int, ordinal: int, ranges: dict[str, Ranges], fil
     if end >= RECORD_LIMIT:
         raise BadBatch(f"record range {start}:{covered} ends past {RECORD_LIMIT}")
     if not file_id:
-        return f"{ordinal}:{start}:{covered}"
+        return adhoc_span(ordinal, start, covered)
     ranges.setdefault(file_id, Ranges()).add(start, end)
     return f"{start}:{covered}"
+
+
+def adhoc_span(ordinal: int, first: int, count: int) -> str:
+    """A batch of a stream without a file: three numbers, so merge.lua never reads it as a record range
+    ("first:count"). Named "<ordinal>:<first>", batch 3 of a client stream ("3:3000") was once taken for
+    records 3-3002, covered by batches 2 and 4 merged before it, and its users were skipped."""
+    return f"{ordinal}:{first}:{count}"
 
 
 def source_name(text: str) -> str:
@@ -307,7 +314,8 @@ class UsersService(users_pb2_grpc.UsersServicer):
 
     def _flush(self, report_id: str, attempt: str, first: int, tally: Tally, pending: list[dict]) -> None:
         # The stream's own report: the batch ordinal alone keeps every batch distinct.
-        self.intake.enqueue(report_id, attempt, "client stream", f"{tally.batches}:{first}", list(pending))
+        self.intake.enqueue(report_id, attempt, "client stream", adhoc_span(tally.batches, first, len(pending)),
+                            list(pending))
         tally.accepted += len(pending)
         tally.batches += 1
         pending.clear()
