@@ -11,6 +11,7 @@ from console.widgets.panel import Panel, PanelTable, row_key, sync_rows
 
 REPLAYABLE = ("rejected", "partial")
 ACTIVE = ("streaming", "queued")
+WAITING = "wait:"  # the row key of a file in line for a reader (it has no report yet)
 # Below this panel width the size column and the bar give way, so every column stays on screen.
 WIDE = 66  # content width: the wide table needs 65 cells and the scrollbar
 COLUMNS = ("file", "size", "state", "users", "rejected", "progress", "time")
@@ -50,7 +51,7 @@ class FilesPanel(Panel):
         active = [(r["id"], file_row(r, compact)) for r in snap.files if r.get("state") in ACTIVE]
         done = [(r["id"], file_row(r, compact)) for r in snap.files if r.get("state") not in ACTIVE]
         blank_size = () if compact else ("",)
-        waiting = [("wait:" + name, (name, *blank_size, styled("waiting"), "", "", Text("in line", "dim"), ""))
+        waiting = [(WAITING + name, (name, *blank_size, styled("waiting"), "", "", Text("in line", "dim"), ""))
                    for name in (snap.watcher.waiting_names if snap.watcher is not None else ())]
         rows = active + waiting + done
         sync_rows(self.query_one(DataTable), rows)
@@ -71,6 +72,8 @@ class FilesPanel(Panel):
 
         if (report := self.selected) is not None:
             self.app.push_screen(FileReportScreen(report))
+        elif (key := row_key(self.query_one(DataTable)) or "").startswith(WAITING):
+            self.app.notify(f"{key.removeprefix(WAITING)} is in line to be read: its report begins when its reading does")
 
     def action_replay(self) -> None:
         report = self.selected

@@ -149,6 +149,7 @@ def _collect(sources: Sources, now: float) -> Snapshot:
         if presence.export_error:
             export = {**export, "error": presence.export_error}  # the doctor names the path it cannot write
         failed = _failed_jobs(queue, history)
+        watcher = _still_waiting(watcher, files, presence.at)
     except redis.RedisError as error:
         broken = RedisInfo(redis_info.url, redis_info.embedded, False, error=str(error))
         snap = Snapshot(taken_at=now, redis=broken, grpc=grpc, watcher=watcher, desired_workers=desired,
@@ -223,6 +224,20 @@ def waiting_names(watcher: Watcher) -> tuple[str, ...]:
     with watcher.ready.mutex:
         queued = [p for p in watcher.ready.queue if p is not None]
     return tuple(sorted({p.name for p in [*settling, *queued]}))
+
+
+def _still_waiting(watcher: WatcherInfo | None, files, said_at: float) -> WatcherInfo | None:
+    """An attached console's watcher is the owner's word of up to a few seconds ago (said_at; 0 for the live
+    one): a file whose report began after that is not waiting any more. Shown both waiting and read, its
+    waiting row sat above its report, and enter on it opened nothing."""
+    if watcher is None or not said_at or not watcher.waiting_names:
+        return watcher
+    begun = {r.get("name") for r in files if (r.get("started_at") or 0) > said_at}
+    names = tuple(name for name in watcher.waiting_names if name not in begun)
+    if len(names) == len(watcher.waiting_names):
+        return watcher
+    return replace(watcher, waiting_names=names,
+                   waiting=max(0, watcher.waiting - (len(watcher.waiting_names) - len(names))))
 
 
 def _watcher_info(watcher: Watcher | None, watching: bool) -> WatcherInfo | None:

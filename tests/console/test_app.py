@@ -22,15 +22,25 @@ SIZE = (120, 40)
 
 
 async def until(pilot, predicate, timeout: float = 30.0, message: str = "condition"):
-    """conftest.wait_for for Pilot tests: yields to the app between polls (a sleep would freeze it)."""
+    """conftest.wait_for for Pilot tests: yields to the app between polls (a sleep would freeze it). A timeout
+    says where the operator stood: the screens, the focused widget and its cursor, the last toasts."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
         if value:
             return value
         if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f} s waiting for {message}")
+            pytest.fail(f"timed out after {timeout:.0f} s waiting for {message}\n{where(pilot.app)}")
         await pilot.pause(0.05)
+
+
+def where(app) -> str:
+    focused = app.focused
+    lines = [f"screens: {[type(s).__name__ for s in app.screen_stack]}", f"focused: {focused!r}"]
+    if isinstance(focused, DataTable):
+        lines.append(f"cursor {focused.cursor_coordinate} of rows {[k.value for k in focused.rows]}")
+    lines.append(f"toasts: {[n.message for n in app._notifications][-5:]}")
+    return "\n".join(lines)
 
 
 def table_cells(app, panel_id: str) -> dict[str, dict[str, str]]:
@@ -65,8 +75,9 @@ async def test_dropped_file_reaches_its_final_values(runtime_factory):
         assert (files["1.json"]["users"], files["1.json"]["rejected"]) == ("1,000", "0")
         assert files["6.json"]["users"] == "977"
         assert "100%" in files["1.json"]["progress"]
-        status = str(dashboard(app).query_one("#statusline").render())
-        assert "1,977 users" in status
+        # The status line is drawn at its own refresh, which may come after the table's.
+        await until(pilot, lambda: "1,977 users" in str(dashboard(app).query_one("#statusline").render()),
+                    message="the status line at 1,977 users")
         shot = os.environ.get("SWORDSEC_SCREENSHOT")
         if shot:
             app.save_screenshot(Path(shot).name, str(Path(shot).parent))
@@ -74,6 +85,25 @@ async def test_dropped_file_reaches_its_final_values(runtime_factory):
         await until(pilot, lambda: isinstance(app.screen, FileReportScreen), message="a file report")
         await pilot.press("escape")
         await until(pilot, lambda: isinstance(app.screen, DashboardScreen), message="back on the dashboard")
+
+
+async def test_enter_on_a_file_in_line_says_it_has_no_report_yet(runtime_factory):
+    runtime = runtime_factory()
+    app = make_app(runtime, start_runtime=False, refresh=0.2)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: app.snapshot is not None, message="the first snapshot")
+        runtime.watcher.paused.set()  # what p does: files dropped now wait in line
+        copy_challenge(runtime.settings.watch, ["1.json"])
+        table = dashboard(app).query_one("#panel-4 DataTable", DataTable)
+        await until(pilot, lambda: [k.value for k in table.rows] == ["wait:1.json"], message="1.json in line")
+        await pilot.press("4")
+        await until(pilot, lambda: app.focused is table, message="the Files table focused")
+        await pilot.press("enter")
+        said = await until(pilot, lambda: [n.message for n in app._notifications if "1.json" in n.message],
+                           message="a word about the file in line")
+        assert said == ["1.json is in line to be read: its report begins when its reading does"]
+        assert isinstance(app.screen, DashboardScreen)
+        runtime.watcher.paused.clear()
 
 
 async def test_failed_job_is_requeued_and_deleted_from_the_ui(runtime_factory):

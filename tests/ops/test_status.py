@@ -5,6 +5,9 @@ from __future__ import annotations
 import subprocess
 import sys
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from core.ops.control import Control, ControlError
 from core.ops.doctor import diagnose
 from core.ops.events import Event
@@ -193,6 +196,23 @@ def test_waiting_names_are_read_from_copies_while_the_watcher_changes_them():
     watcher.ready.put(None)  # a reader's stop sentinel is not a file
     assert waiting_names(watcher) == tuple(sorted({p.name for p in [*watcher.candidates,
                                                                    *list(watcher.ready.queue)[:-1]]}))
+
+
+@given(waiting=st.lists(st.sampled_from(["a.json", "b.json", "c.json", "d.json"]), unique=True),
+       reports=st.lists(st.tuples(st.sampled_from(["a.json", "b.json", "c.json"]), st.floats(0, 200)), max_size=6),
+       said_at=st.sampled_from([0.0, 100.0]))
+def test_a_file_read_since_the_owner_spoke_is_no_longer_shown_waiting(waiting, reports, said_at):
+    """An attached console's watcher is the owner's word of up to seconds ago: a name whose report began after it
+    leaves the waiting names (and count); any other stays; the live watcher (said_at 0) is taken as it is."""
+    from core.ops.status import _still_waiting
+
+    watcher = WatcherInfo(folder="drop", active=True, paused=False, waiting=len(waiting) + 1,
+                          waiting_names=tuple(waiting))
+    files = [{"name": name, "started_at": at} for name, at in reports]
+    shown = _still_waiting(watcher, files, said_at)
+    read_since = {name for name, at in reports if at > said_at} if said_at else set()
+    assert shown.waiting_names == tuple(name for name in waiting if name not in read_since)
+    assert shown.waiting == watcher.waiting - (len(waiting) - len(shown.waiting_names))
 
 
 def test_control_without_its_parts_says_so_in_one_line(tmp_path):
