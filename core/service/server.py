@@ -10,7 +10,6 @@ import bisect
 import contextlib
 import re
 import shutil
-import tempfile
 import threading
 import time
 import uuid
@@ -33,6 +32,7 @@ from core.service.admission import DEFAULT_IDLE_TIMEOUT, MAX_BATCH_USERS, RESERV
 from core.service.backpressure import StagedBytes
 from core.service.lane import StagingLane
 from core.service.ledger import RAW_CHUNK_BYTES, Ledger, SourceStream
+from core.service.private_socket import make_private_dir
 from core.storage.store import Store
 from protobufs import users_pb2, users_pb2_grpc
 
@@ -505,7 +505,7 @@ class GrpcServer:
         self.private_dir: Path | None = None
         self.private_server = None
         if private:
-            self.private_dir = Path(tempfile.mkdtemp(prefix="swordsec-grpc-"))  # mode 0700
+            self.private_dir = make_private_dir()
             try:
                 self.private_server = self._server(max_workers, options,
                                                    [security.TokenInterceptor(token)] if token else None)
