@@ -53,6 +53,7 @@ STALE = -1  # what merge.lua and push_unary.lua answer for values encoded agains
 # Fingerprints, adhoc-<hex>, refused-<plain file name>: used as they are (":" separates key parts).
 SAFE_REPORT_ID = re.compile(r"[0-9A-Za-z_][0-9A-Za-z._-]{0,199}")
 MAX_BAD_SAMPLES = 20  # undecodable values named in the export record
+LEGACY_ADHOC_SPAN = re.compile(r"\d+:\d+")  # see Store.merge_staged
 
 
 class MergeKeyMismatch(ConfigError):
@@ -188,6 +189,12 @@ class Store:
 
     def merge_staged(self, report_id: str, attempt: str, span: str, seq: int, blob: str, key_field: str) -> dict:
         """Merge a staged batch; a retry after it was applied (and its users deleted) changes nothing."""
+        if report_id.startswith("adhoc-") and LEGACY_ADHOC_SPAN.fullmatch(span) \
+                and not self.redis.sismember(self.report_key(report_id, "done"), span):
+            # Queued by a release that named a client stream's batch "<ordinal>:<first record>": merge.lua would
+            # read it as a record range and could take it for covered by its neighbours. Not applied under that
+            # name, it is applied under one merge.lua takes as a name only (server.adhoc_span's shape).
+            span += ":0"
         data = self.redis.get(blob)
         if data is None and not self.redis.sismember(self.report_key(report_id, "done"), span):
             raise RuntimeError(f"the users of batch {span} of {report_id} are missing from {blob}")

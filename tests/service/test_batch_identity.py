@@ -236,13 +236,16 @@ def held_runtime(runtime_factory):
     return runtime_factory(watch=False, workers=0, batch_size=2)
 
 
-def _merge_in_order(runtime, order: list[int]) -> str:
-    """Merge the queued batches in this order (an index twice: a retry); the report's id."""
+def _merge_in_order(runtime, order: list[int], legacy: bool = False) -> str:
+    """Merge the queued batches in this order (an index twice: a retry); the report's id. legacy: the client
+    stream's batches as a release before 2026-12-03 named them ("<ordinal>:<first record>")."""
     jobs = runtime.queue.get_jobs()
     runtime.queue.empty()
     # a job carries one batch, or several of one stream (merge_batches): each is merged on its own here
     batches = [batch for job in jobs for batch in (job.args[0] if isinstance(job.args[0], list) else [job.args[0]])]
     assert len(batches) == BATCHES, [job.id for job in jobs]
+    if legacy:
+        batches = [dict(batch, span=":".join(batch["span"].split(":")[:2])) for batch in batches]
     done: set[int] = set()
     for index in order:
         batch = batches[index]
@@ -253,7 +256,8 @@ def _merge_in_order(runtime, order: list[int]) -> str:
     return batches[0]["report"]
 
 
-@pytest.mark.parametrize("rpc", ["SendUserInfoClientStream", "SendUserBatches", "SendUserBatches with a file"])
+@pytest.mark.parametrize("rpc", ["SendUserInfoClientStream", "SendUserInfoClientStream queued by an older release",
+                                 "SendUserBatches", "SendUserBatches with a file"])
 @settings(suppress_health_check=[HealthCheck.function_scoped_fixture], deadline=None, max_examples=25)
 @given(order=st.permutations(range(BATCHES)), retries=st.lists(st.integers(0, BATCHES - 1), max_size=3),
        data=st.data())
@@ -270,7 +274,7 @@ def test_a_streams_batches_merged_in_any_order_are_all_stored(held_runtime, rpc,
     users = make_users(2 * BATCHES, uuid.uuid4().hex[:12])
     with grpc.insecure_channel(f"127.0.0.1:{runtime.server.port}") as channel:
         stub = users_pb2_grpc.UsersStub(channel)
-        if rpc == "SendUserInfoClientStream":
+        if rpc.startswith("SendUserInfoClientStream"):
             reply = stub.SendUserInfoClientStream(iter(users_pb2.UserRequest(**u) for u in users), timeout=60)
             assert reply.message == f"accepted {2 * BATCHES}, rejected 0"
         else:
@@ -278,7 +282,7 @@ def test_a_streams_batches_merged_in_any_order_are_all_stored(held_runtime, rpc,
             reply = stub.SendUserBatches(iter(batch(users[i:i + 2], index=i // 2, first_record=i, **file)
                                               for i in range(0, 2 * BATCHES, 2)), timeout=60)
             assert reply.accepted == 2 * BATCHES
-    report = _merge_in_order(runtime, order)
+    report = _merge_in_order(runtime, order, legacy=rpc.endswith("older release"))
     assert runtime.store.count() == before + 2 * BATCHES
     final = runtime.store.report(report)
     assert (final["batches_done"], final["new"]) == (BATCHES, 2 * BATCHES), final
