@@ -32,8 +32,8 @@ from core.service.admission import DEFAULT_IDLE_TIMEOUT, MAX_BATCH_USERS, RESERV
 from core.service.backpressure import StagedBytes
 from core.service.lane import StagingLane
 from core.service.ledger import RAW_CHUNK_BYTES, Ledger, SourceStream
-from core.service.private_socket import make_private_dir
 from core.storage.store import Store
+from core.tempdirs import make_private_dir
 from protobufs import users_pb2, users_pb2_grpc
 
 SERVICE_NAME = users_pb2.DESCRIPTOR.services_by_name["Users"].full_name
@@ -505,7 +505,7 @@ class GrpcServer:
         self.private_dir: Path | None = None
         self.private_server = None
         if private:
-            self.private_dir = make_private_dir()
+            self.private_dir = make_private_dir("grpc")
             try:
                 self.private_server = self._server(max_workers, options,
                                                    [security.TokenInterceptor(token)] if token else None)

@@ -12,7 +12,6 @@ import secrets
 import shutil
 import signal
 import subprocess
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -21,6 +20,7 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 import redis
 
 from core.queue.children import spawn
+from core.tempdirs import make_private_dir
 
 START_TIMEOUT = 15.0
 # sun_path is 108 bytes on Linux; past that the socket goes to a short private temp folder.
@@ -140,7 +140,7 @@ class Broker:
         self._stop_stale(folder)
         socket_path = folder / "redis.sock"
         if len(str(socket_path.resolve())) > MAX_SOCKET_PATH:
-            self._socket_dir = Path(tempfile.mkdtemp(prefix="swordsec-"))
+            self._socket_dir = make_private_dir("redis")
             socket_path = self._socket_dir / "redis.sock"
         (folder / "socket").write_text(str(socket_path.resolve()))
         password = self._password(folder)
