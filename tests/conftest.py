@@ -51,6 +51,11 @@ def wait_for(predicate, timeout: float = 30.0, interval: float = 0.05, message: 
         time.sleep(interval)
 
 
+def wait_pipeline(runtime, predicate, timeout: float = 30.0, interval: float = 0.05, message: str = "condition"):
+    """wait_for on a runtime's pipeline: a timeout says where its jobs are (pipeline_state)."""
+    return wait_for(predicate, timeout, interval, message, explain=lambda: pipeline_state(runtime))
+
+
 def pipeline_state(runtime) -> str:
     """Where a runtime's jobs are, for a test that timed out waiting on them: the queue, RQ's registries
     with each job's status and worker, the workers as RQ and as the supervisor see them, and their logs."""

@@ -16,7 +16,7 @@ import pytest
 import redis
 
 from core.storage.store import Store
-from tests.conftest import CHALLENGE, copy_challenge, make_users, wait_for
+from tests.conftest import CHALLENGE, copy_challenge, make_users, wait_for, wait_pipeline
 
 PROGRAM = [sys.executable, "-m", "console.cli"]
 
@@ -207,7 +207,7 @@ def test_send_reports_what_the_server_accepted_and_fails_clearly_without_a_serve
                for line in lines)
     assert any("6.json: 977 records, 977 accepted" in line and "truncated" in line for line in lines)
     assert any("missing.json: not a readable file" in line for line in lines)
-    wait_for(lambda: runtime.store.count() == 1977, message="the sent users to merge")
+    wait_pipeline(runtime, lambda: runtime.store.count() == 1977, message="the sent users to merge")
     nobody = run(["send", files[0], "--server", "127.0.0.1:1", "--timeout", "1"])
     assert nobody.returncode == 3 and "no gRPC server answers at 127.0.0.1:1" in nobody.stderr
     assert "Traceback" not in nobody.stderr

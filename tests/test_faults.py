@@ -20,7 +20,7 @@ from core.queue.supervisor import FROZEN_HANDBACK
 from core.runtime import Runtime
 from core.service.backpressure import batches_of
 
-from conftest import make_users, wait_for
+from conftest import make_users, wait_for, wait_pipeline
 from lifecycle_helpers import assert_nothing_left, program, start_headless, wait_children, wait_line
 
 pytestmark = pytest.mark.slow
@@ -333,7 +333,7 @@ def test_a_second_signal_gives_up_a_long_final_export_and_the_outcome_says_so(ru
     runtime = runtime_factory(watch=False, workers=1)
     runtime.server.service.intake.enqueue("f" * 32, runtime.store.attempt("f" * 32), "t", "0:50",
                                           make_users(50, "late"))
-    wait_for(lambda: runtime.store.count() == 50, message="the batch merged")
+    wait_pipeline(runtime, lambda: runtime.store.count() == 50, message="the batch merged")
     before = runtime.exporter.path.read_bytes() if runtime.exporter.path.exists() else None
     monkeypatch.setattr(viewfile, "STOP_AFTER", 0.0)  # as if the write had already run long
     runtime.abort_drain()

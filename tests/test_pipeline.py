@@ -10,7 +10,7 @@ import orjson
 
 from core.storage.codec import bucket_of
 from core.storage.store import Store
-from tests.conftest import CHALLENGE, copy_challenge
+from tests.conftest import CHALLENGE, copy_challenge, wait_pipeline
 
 COMPLETE_USERS = 9977  # ten files of 1,000; 6.json is cut inside its record 978
 
@@ -114,7 +114,7 @@ def test_a_cancelled_stream_then_a_retry_of_it_leaves_each_user_once(runtime_fac
     import grpc
 
     from protobufs import users_pb2, users_pb2_grpc
-    from tests.conftest import make_users, wait_for
+    from tests.conftest import make_users
 
     runtime = runtime_factory(watch=False)
     users = make_users(3000, "cancel")
@@ -138,7 +138,7 @@ def test_a_cancelled_stream_then_a_retry_of_it_leaves_each_user_once(runtime_fac
         assert call.cancelled()
         report = stub.SendUserBatches(iter(batches), timeout=60)
     assert report.accepted == 3000
-    wait_for(lambda: runtime.store.count() == 3000 and len(runtime.queue) == 0, message="every user merged")
+    wait_pipeline(runtime, lambda: runtime.store.count() == 3000 and len(runtime.queue) == 0, message="every user merged")
     merged = json.loads(Path(runtime.exporter.write()["path"]).read_text())
     assert len(merged) == len({u["email"] for u in merged}) == 3000
 

@@ -16,7 +16,7 @@ import textwrap
 import pytest
 from grpc_tools import protoc
 
-from tests.conftest import copy_challenge, pipeline_state, wait_for
+from tests.conftest import copy_challenge, wait_for, wait_pipeline
 from tests.service.test_protobufs import SEED_PROTO
 
 SEED_PORT = 23333
@@ -84,8 +84,7 @@ def test_seed_client_with_its_habits_reaches_all_users_json(runtime_factory, see
     assert seed_habits_client("stream").startswith("accepted 9000, rejected 0")
     # Two worker processes start cold here (imports, first connections): under a loaded machine that alone has
     # taken most of 30 s, so the deadline is generous; the condition, not the time, is what is tested.
-    wait_for(lambda: runtime.store.count() == 9000, 90, message="the seed client's 9,000 users merged",
-             explain=lambda: pipeline_state(runtime))
+    wait_pipeline(runtime, lambda: runtime.store.count() == 9000, 90, message="the seed client's 9,000 users merged")
     # Unary mode, the seed's default, for the first 300 users: the same people, so no new user appears.
     assert seed_habits_client("unary", "300") == "sent 300"
     wait_for(lambda: runtime.store.redis.llen(runtime.store.key("inbox")) == 0, message="unary inbox drained")

@@ -16,7 +16,7 @@ import pytest
 import core.intake.watcher
 from core.intake.quarantine import quarantined, replay_file
 from core.records import MAX_DEPTH
-from tests.conftest import make_users, reports_by_name, wait_for
+from tests.conftest import make_users, reports_by_name, wait_for, wait_pipeline
 
 
 def emails(runtime) -> set[str]:
@@ -72,7 +72,7 @@ def test_a_fifo_in_the_folder_never_stalls_discovery(runtime_factory, tmp_path):
     runtime = runtime_factory(quiet_period=0.2)
     listener, expected = hostile_entries(runtime.settings.watch)
     write_users(runtime.settings.watch / "after.json", make_users(30, "after"))
-    wait_for(lambda: runtime.store.count() == 30, message="the file dropped after the FIFO to merge")
+    wait_pipeline(runtime, lambda: runtime.store.count() == 30, message="the file dropped after the FIFO to merge")
     wait_for(lambda: all(reports_by_name(runtime.store).get(name, {}).get("state") == "rejected" for name in expected),
              message="each non-regular entry to be refused")
     listener.close()
@@ -151,7 +151,7 @@ def test_a_file_that_keeps_failing_is_set_aside_and_the_others_go_on(runtime_fac
     assert report["damage"].startswith(f"set aside after {core.intake.watcher.MAX_ATTEMPTS} failed attempts: simulated")
     assert "\n" not in report["damage"] and len(attempts) == core.intake.watcher.MAX_ATTEMPTS
     assert (runtime.settings.data_dir / "quarantine" / "bad.json").read_bytes() == bad
-    wait_for(lambda: runtime.store.count() == 10, message="good.json to merge")
+    wait_pipeline(runtime, lambda: runtime.store.count() == 10, message="good.json to merge")
     assert not runtime.watcher.failures
 
 

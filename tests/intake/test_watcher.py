@@ -12,7 +12,7 @@ import orjson
 import pytest
 
 from core.intake.quarantine import replay_file
-from tests.conftest import CHALLENGE, copy_challenge, make_users, reports_by_name, wait_for
+from tests.conftest import CHALLENGE, copy_challenge, make_users, reports_by_name, wait_for, wait_pipeline
 
 
 def merged_events(runtime, name):
@@ -48,7 +48,7 @@ def test_a_file_renamed_into_the_folder_is_read_without_waiting_for_quiet(runtim
     staging = runtime.settings.watch / "incoming.json.part"
     staging.write_bytes(orjson.dumps(make_users(300, "renamed")))
     os.rename(staging, runtime.settings.watch / "incoming.json")
-    wait_for(lambda: runtime.store.count() == 300, message="the renamed file to merge")
+    wait_pipeline(runtime, lambda: runtime.store.count() == 300, message="the renamed file to merge")
 
 
 def test_files_dropped_while_running_are_merged_once_each(runtime_factory, tmp_path):
@@ -184,7 +184,7 @@ def test_after_merge_policy(runtime_factory, tmp_path, policy):
 def test_polling_mode_sees_new_files(runtime_factory, tmp_path):
     runtime = runtime_factory(poll=True, quiet_period=0.2)
     shutil.copy(CHALLENGE / "8.json", runtime.settings.watch / "8.json")
-    wait_for(lambda: runtime.store.count() == 1000, message="8.json to merge in polling mode")
+    wait_pipeline(runtime, lambda: runtime.store.count() == 1000, message="8.json to merge in polling mode")
 
 
 def test_backlog_bound_holds_the_reader_until_workers_drain(runtime_factory, tmp_path):
@@ -198,7 +198,7 @@ def test_backlog_bound_holds_the_reader_until_workers_drain(runtime_factory, tmp
         peak = max(peak, len(runtime.queue))
     assert peak <= 3 and reports_by_name(runtime.store)["many.json"]["state"] == "streaming"
     runtime.supervisor.scale(2)
-    wait_for(lambda: runtime.store.count() == 3000, timeout=60, message="every user once workers start")
+    wait_pipeline(runtime, lambda: runtime.store.count() == 3000, timeout=60, message="every user once workers start")
 
 
 def test_brackets_inside_strings_never_count_as_nesting(runtime_factory, tmp_path, monkeypatch):
@@ -230,4 +230,4 @@ def test_a_streaming_file_reports_how_far_it_has_been_read(runtime_factory, tmp_
                       message="progress to be reported")
     assert 0 < report["read_bytes"] < report["size"] and report["state"] == "streaming"
     runtime.supervisor.scale(1)
-    wait_for(lambda: runtime.store.count() == 30_000, timeout=120, message="the file to finish once a worker starts")
+    wait_pipeline(runtime, lambda: runtime.store.count() == 30_000, timeout=120, message="the file to finish once a worker starts")

@@ -13,7 +13,7 @@ from core.queue.jobs import merge_batches
 from core.queue.taskqueue import JSONSerializer, SafeJob
 from core.service.server import Intake
 from core.storage.store import Store
-from tests.conftest import copy_challenge, make_users, stream_in_background, wait_for
+from tests.conftest import copy_challenge, make_users, stream_in_background, wait_for, wait_pipeline
 from tests.queue import test_workers
 from tests.queue.test_workers import assert_exactly_once, started_pid
 
@@ -123,4 +123,4 @@ def test_the_backlog_bound_counts_the_batches_of_grouped_jobs_not_the_jobs(runti
     runtime.supervisor.scale(1)
     sender.join(120)
     assert result["reply"].accepted == 50 * len(batches)
-    wait_for(lambda: runtime.store.count() == 50 * len(batches), 120, message="every batch merged")
+    wait_pipeline(runtime, lambda: runtime.store.count() == 50 * len(batches), 120, message="every batch merged")

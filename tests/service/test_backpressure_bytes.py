@@ -7,7 +7,7 @@ the queued jobs' staged users reach SWORDSEC_MAX_STAGED_BYTES, whatever the job 
 from __future__ import annotations
 
 from core.service.backpressure import StagedBytes
-from tests.conftest import make_users, stream_in_background, wait_for
+from tests.conftest import make_users, stream_in_background, wait_for, wait_pipeline
 
 BOUND = 200_000  # bytes; one 500-user batch stages about 110 KB
 
@@ -34,5 +34,5 @@ def test_streams_are_held_at_the_staged_bytes_bound(runtime_factory):
     runtime.supervisor.scale(1)
     sender.join(120)
     assert result["reply"].accepted == 500 * len(batches)
-    wait_for(lambda: runtime.store.count() == 500 * len(batches), 120, message="every batch merged")
+    wait_pipeline(runtime, lambda: runtime.store.count() == 500 * len(batches), 120, message="every batch merged")
     assert staged(runtime) == 0

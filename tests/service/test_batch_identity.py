@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from core.service.server import BadBatch, Ranges
 from protobufs import users_pb2, users_pb2_grpc
-from tests.conftest import make_users, wait_for
+from tests.conftest import make_users, wait_for, wait_pipeline
 
 FILE_ID = "0123456789abcdef0123456789abcdef"
 
@@ -42,7 +42,7 @@ def test_batches_that_leave_first_record_at_zero_without_a_file_id_are_all_merge
     report = send([batch(users[i:i + 2], index=i // 2) for i in range(0, 6, 2)])
     assert report.accepted == 6 and report.batches == 3
     runtime = send.runtime
-    wait_for(lambda: runtime.store.count() == 6, message="six users merged")
+    wait_pipeline(runtime, lambda: runtime.store.count() == 6, message="six users merged")
     adhoc = [r for r in runtime.store.reports() if r.get("name") == "send"][0]
     wait_for(lambda: runtime.store.report(adhoc["id"]).get("state") == "merged", message="ad-hoc report merged")
     assert runtime.store.report(adhoc["id"])["batches_done"] == 3

@@ -10,7 +10,7 @@ import pytest
 from grpc_tools import protoc
 
 from protobufs import generate
-from tests.conftest import wait_for
+from tests.conftest import wait_pipeline
 
 SEED_PROTO = textwrap.dedent("""
     syntax = "proto3";
@@ -76,5 +76,5 @@ def test_seed_unary_and_client_stream_rpcs(runtime_factory, seed_client):
     assert lines[:25] == ["unary True ok"] * 25
     assert lines[25].startswith("stream True accepted 40, rejected 0")
     assert lines[26].startswith("oversized False") and "limit" in lines[26]
-    wait_for(lambda: runtime.store.count() == 60, message="60 distinct seed users merged")
+    wait_pipeline(runtime, lambda: runtime.store.count() == 60, message="60 distinct seed users merged")
     assert runtime.exporter.write()["count"] == 60

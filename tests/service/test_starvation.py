@@ -15,7 +15,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from protobufs import users_pb2, users_pb2_grpc
-from tests.conftest import make_users, wait_for
+from tests.conftest import make_users, wait_for, wait_pipeline
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 
@@ -115,7 +115,7 @@ def test_idle_streams_end_after_the_deadline_with_a_clear_status(runtime_factory
             slow(iter(lambda: never.wait(30) or None, 1), timeout=20)
         assert unary.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         # The batch the server accepted before the stream went quiet is merged, not lost.
-        wait_for(lambda: runtime.store.count() == 5, 30, message="the accepted batch to merge")
+        wait_pipeline(runtime, lambda: runtime.store.count() == 5, 30, message="the accepted batch to merge")
         wait_for(lambda: runtime.server.admission.active == 0 and not runtime.server.admission._calls, 10,
                  message="every closed call to be released")
         assert runtime.server.admission.idle_closed >= 3

@@ -21,7 +21,7 @@ from core.storage.exporter import Exporter
 from core.storage.staging import sweep_staged
 from core.storage.store import MergeKeyMismatch, Store
 from protobufs import users_pb2, users_pb2_grpc
-from tests.conftest import make_users, wait_for
+from tests.conftest import make_users, wait_for, wait_pipeline
 
 
 def merge(store: Store, report: str, users: list[dict], span: str | None = None) -> dict:
@@ -42,7 +42,7 @@ def test_a_tab_in_a_unary_email_round_trips_and_export_goes_on(runtime_factory):
         stub = users_pb2_grpc.UsersStub(channel)
         assert stub.SendUserInfo(users_pb2.UserRequest(**user), timeout=30).status
         assert stub.SendUserInfo(users_pb2.UserRequest(**make_users(1, "other")[0]), timeout=30).status
-    wait_for(lambda: runtime.store.count() == 2 and len(runtime.queue) == 0, message="both unary users merged")
+    wait_pipeline(runtime, lambda: runtime.store.count() == 2 and len(runtime.queue) == 0, message="both unary users merged")
     info = runtime.exporter.write()
     users = {u["email"]: u for u in json.loads(runtime.settings.output_path.read_text())}
     assert info["undecodable"] == 0
