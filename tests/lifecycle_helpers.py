@@ -73,12 +73,21 @@ def assert_nothing_left(started: list[psutil.Process], *markers: str, deadline: 
         time.sleep(0.1)
 
 
+def command_line(process: psutil.Process) -> str:
+    """Its command line, or "" once it has ended: a short-lived child (a probe the console runs while it starts)
+    can end, and become a zombie, between living() and this read."""
+    try:
+        return " ".join(process.cmdline())
+    except psutil.NoSuchProcess:  # a ZombieProcess too
+        return ""
+
+
 def wait_children(pid: int, redis: bool, workers: int, timeout: float = 30.0) -> list[psutil.Process]:
     """The console's children once its redis-server (if embedded) and `workers` workers run."""
     deadline = time.monotonic() + timeout
     while True:
         kids = children_of(pid)
-        lines = [" ".join(k.cmdline()) for k in kids if living(k)]
+        lines = [command_line(k) for k in kids if living(k)]
         have_redis = any("redis-server" in line for line in lines)
         have_workers = sum("core.queue.worker_process" in line for line in lines)
         if have_redis == redis and have_workers >= workers:

@@ -21,7 +21,7 @@ from core.runtime import Runtime
 from core.service.backpressure import batches_of
 
 from conftest import make_users, wait_for, wait_pipeline
-from lifecycle_helpers import assert_nothing_left, program, start_headless, wait_children, wait_line
+from lifecycle_helpers import assert_nothing_left, command_line, program, start_headless, wait_children, wait_line
 
 pytestmark = pytest.mark.slow
 
@@ -88,7 +88,7 @@ def test_an_embedded_redis_that_cannot_start_again_ends_the_program_with_exit_3(
     process, out = start_headless(tmp_path, namespace, workers=1)
     wait_line(out, "watching")
     children = wait_children(process.pid, redis=True, workers=1)
-    server = next(c for c in children if "redis-server" in " ".join(c.cmdline()))
+    server = next(c for c in children if "redis-server" in command_line(c))
     # Its AOF manifest made unreadable: a restart of this redis-server can only fail.
     for manifest in (tmp_path / "data" / "redis").rglob("*.manifest"):
         manifest.write_text("garbage\n")
