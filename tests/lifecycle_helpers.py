@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -108,6 +109,28 @@ def wait_line(path: Path, text: str, timeout: float = 30.0) -> str:
         time.sleep(0.1)
 
 
+# Every console start_headless started, so a test that fails half-way does not leave it running (stop_started).
+STARTED: list[subprocess.Popen] = []
+
+
+def stop_started(grace: float = 15.0) -> None:
+    """End the consoles started by the test that just ran and are still running, with their process groups:
+    SIGTERM (the console stops its workers and Redis), then SIGKILL past `grace`."""
+    while STARTED:
+        process = STARTED.pop()
+        if process.poll() is not None:
+            continue
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(process.pid, sig)
+                process.wait(timeout=grace)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+            except ProcessLookupError:
+                break
+
+
 def start_headless(tmp_path: Path, namespace: str, *extra: str, env: dict | None = None,
                    workers: int = 2) -> tuple[subprocess.Popen, Path]:
     """`swordsec-console --no-ui` in a session of its own (as a shell runs a job); output in a file."""
@@ -119,4 +142,5 @@ def start_headless(tmp_path: Path, namespace: str, *extra: str, env: dict | None
     with open(out, "wb") as handle:
         process = subprocess.Popen(args, stdout=handle, stderr=subprocess.STDOUT, env=environment,
                                    start_new_session=True)
+    STARTED.append(process)
     return process, out
