@@ -282,6 +282,16 @@ def own_redis(tmp_path, namespace):
     own.broker.stop()
 
 
+@pytest.fixture(autouse=True)
+def _no_console_left_running():
+    """A test that fails before it stops a console it started (lifecycle_helpers.start_headless) leaves nothing
+    running for the next ones."""
+    yield
+    from lifecycle_helpers import stop_started
+
+    stop_started()
+
+
 def copy_challenge(folder: Path, names=None) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     assert len(list(CHALLENGE.glob("*.json"))) == 10, f"the ten challenge files are missing from {CHALLENGE}"

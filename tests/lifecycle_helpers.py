@@ -53,7 +53,7 @@ def describe(processes) -> str:
     rows = []
     for p in processes:
         try:
-            rows.append(f"pid {p.pid} ppid {p.ppid()} {' '.join(p.cmdline())[:160]}")
+            rows.append(f"pid {p.pid} ppid {p.ppid()} {command_line(p)[:160]}")
         except psutil.NoSuchProcess:
             continue
     return "; ".join(rows)

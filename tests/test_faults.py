@@ -26,19 +26,11 @@ from lifecycle_helpers import (
     command_line,
     program,
     start_headless,
-    stop_started,
     wait_children,
     wait_line,
 )
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(autouse=True)
-def _no_console_left_running():
-    """A test that fails before it stops the console it started leaves nothing running for the next ones."""
-    yield
-    stop_started()
 
 
 def write_users(folder: Path, name: str, count: int, tag: str) -> Path:

@@ -71,9 +71,7 @@ async def test_attached_console_follows_a_pipeline_started_elsewhere(runtime_fac
             # waiting: a row that has no report), and the cursor is on a file's row.
             await until(pilot, lambda: len(files_table.rows) == 2 and dashboard(app).query_one("#panel-4").selected,
                         message="the two files' rows alone, one selected")
-            open("/tmp/attach-debug.log", "a").write("--- pressing enter\n")
             await pilot.press("enter")
-            open("/tmp/attach-debug.log", "a").write("--- pressed enter\n")
             await until(pilot, lambda: isinstance(app.screen, FileReportScreen), message="a file report")
             await pilot.press("escape")
             # A key pressed before the report screen is gone goes to that screen: wait for the dashboard first.
