@@ -20,6 +20,7 @@ import uuid
 import zlib
 from importlib import resources
 
+import msgspec
 import orjson
 import redis
 
@@ -41,6 +42,16 @@ KEY_MARK = 0
 FIELD_COUNT = len(USER_FIELDS)
 # Bounds the dictionary when a field turns out not to repeat (every agent unique): past this, literals.
 DICTIONARY_CAP = 65536
+# The export's fast path (Codec.render): a stored array of the shape Codec.encode writes, decoded by msgspec in C
+# as typed (which also validates its UTF-8 and escapes), and the user encoded again by msgspec from a struct: a
+# third of the CPU of a dict built and encoded per user. Any other array takes the reference path (decode).
+_TEXT_OR_INDEX = int | str
+_STORED_ROW = msgspec.json.Decoder(tuple[int, str, str, _TEXT_OR_INDEX, _TEXT_OR_INDEX, str, str,
+                                         _TEXT_OR_INDEX, _TEXT_OR_INDEX])
+_User = msgspec.defstruct("User", [(name, object) for name in USER_FIELDS])
+_ENCODE_USER = msgspec.json.Encoder().encode
+# orjson reads a larger integer as a float: such an id takes the reference path, so both give the same value.
+_ORJSON_INTEGERS = range(-(1 << 63), 1 << 64)
 
 
 @functools.cache
@@ -225,3 +236,35 @@ class Codec:
                 continue
             users.append(dict(zip(USER_FIELDS, row)))
         return users
+
+    def render(self, values, on_bad=None, keys=None) -> list[bytes]:
+        """Stored values as the JSON objects all_users.json holds, one bytes each: exactly what
+        orjson.dumps(user) gives for each user decode() gives, and the same values left out (on_bad, or
+        Undecodable when on_bad is None). The export's path: every user of the store goes through it."""
+        strings = self.dictionary.strings
+        known = len(strings)
+        decode, rendered = _STORED_ROW.decode, []
+        for number, stored in enumerate(values):
+            tab = stored.find(b"\t")
+            if tab > 0 and stored[:tab].isdigit():
+                try:
+                    i, first, last, email, gender, ip, name, agent, country = decode(stored[tab + 1:])
+                    if email.__class__ is int:
+                        email = keys[number].decode() if email == KEY_MARK and keys is not None else None
+                except ValueError:  # msgspec's DecodeError, a key not UTF-8
+                    pass  # not our shape (damaged, or written otherwise): the reference path says why
+                else:
+                    if gender.__class__ is int:
+                        gender = strings[gender] if 0 <= gender < known else None
+                    if agent.__class__ is int:
+                        agent = strings[agent] if 0 <= agent < known else None
+                    if country.__class__ is int:
+                        country = strings[country] if 0 <= country < known else None
+                    if (email is not None and gender is not None and agent is not None and country is not None
+                            and i in _ORJSON_INTEGERS):
+                        rendered.append(_ENCODE_USER(_User(i, first, last, email, gender, ip, name, agent, country)))
+                        continue
+            report = None if on_bad is None else (lambda _, reason, number=number: on_bad(number, reason))
+            rendered += [orjson.dumps(user) for user in
+                         self.decode([stored], report, None if keys is None else [keys[number]])]
+        return rendered

@@ -416,11 +416,11 @@ class Store:
         A stored value that cannot be decoded is skipped and told to on_bad(merge key, reason).
         """
         for _, users in self.iter_buckets(chunk, on_bad):
-            for user in users:
-                yield orjson.dumps(user)
+            yield from users
 
     def iter_buckets(self, chunk: int = EXPORT_USERS, on_bad=None):
-        """Yield (bucket number, its users by merge key) for every non-empty bucket, in export order.
+        """Yield (bucket number, its users by merge key as JSON objects, bytes) for every non-empty bucket, in
+        export order.
 
         A bucket is read whole in one step, and a user never changes bucket, so a merge landing during
         the walk can neither repeat a user nor hide one that was there before it began. The next chunk
@@ -439,18 +439,18 @@ class Store:
                 epoch = _same_epoch(epoch, stored_epoch.decode())
                 pending = (fetcher.submit(self._walk, args=[*walk[:2], bucket, *walk[3:]])
                            if bucket < BUCKETS else None)
-                decoded = self._decode_buckets(found[::2], found[1::2], on_bad)
+                decoded = self._render_buckets(found[::2], found[1::2], on_bad)
                 _same_epoch(epoch, dictionary.epoch)
                 yield from decoded
 
-    def read_buckets(self, numbers: list[int], on_bad=None) -> list[tuple[int, list[dict]]]:
-        """These buckets' users by merge key, in one round trip and one reply (each bucket read whole), decoded
-        in one call."""
+    def read_buckets(self, numbers: list[int], on_bad=None) -> list[tuple[int, list[bytes]]]:
+        """These buckets' users by merge key as JSON objects (bytes), in one round trip and one reply (each
+        bucket read whole), rendered in one call."""
         dictionary = self.codec.dictionary
         dictionary.sync()
         stored_epoch, *found = self._read(args=[self.bucket_prefix, dictionary.keys[2], *numbers])
         _same_epoch(dictionary.epoch, stored_epoch.decode())
-        return self._decode_buckets(numbers, found, on_bad)
+        return self._render_buckets(numbers, found, on_bad)
 
     def take_changes(self) -> tuple[int, set[int], str, int]:
         """(version, buckets changed since the last call, export generation, take number), taken in one step.
@@ -492,9 +492,10 @@ class Store:
         users = [user for flat in found for user in self._decode_bucket(flat, lambda key, reason: None)]
         return users[skip:skip + count]
 
-    def _decode_buckets(self, numbers: list[int], flats: list[list[bytes]], on_bad=None):
-        """Many buckets' HGETALL replies as [(number, users by merge key)], decoded in one call: at 100k
-        users most buckets hold one or two, and a call per bucket would cost more than the users."""
+    def _render_buckets(self, numbers: list[int], flats: list[list[bytes]], on_bad=None):
+        """Many buckets' HGETALL replies as [(number, users by merge key as JSON objects)], rendered in one
+        call (Codec.render): at 100k users most buckets hold one or two, and a call per bucket would cost more
+        than the users."""
         keys, values, ends = [], [], []
         for flat in flats:
             bucket = dict(zip(flat[::2], flat[1::2]))
@@ -509,7 +510,7 @@ class Store:
             if on_bad is not None:
                 on_bad(keys[n], reason)
 
-        users = self.codec.decode(values, None if on_bad is None else report, keys)
+        users = self.codec.render(values, None if on_bad is None else report, keys)
         out, at, gone = [], 0, iter(bad)
         skipped, next_bad = 0, next(gone, None)
         for number, end in zip(numbers, ends):

@@ -438,10 +438,10 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view):]
 
 
-def _region(users: list[dict], first: bool) -> bytes:
+def _region(users: list[bytes], first: bool) -> bytes:
     if not users:
         return b""
-    return (FIRST if first else SEPARATOR) + SEPARATOR.join(orjson.dumps(user) for user in users)
+    return (FIRST if first else SEPARATOR) + SEPARATOR.join(users)
 
 
 def _identity(stat: os.stat_result) -> tuple:
