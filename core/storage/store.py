@@ -445,8 +445,8 @@ class Store:
             if native:
                 numbers = range(first, min(first + step, BUCKETS))
                 stored_epoch, found = self._fetch_buckets(numbers)
-                return stored_epoch, [n for n, flat in zip(numbers, found) if flat], [f for f in found if f], \
-                    numbers.stop
+                filled = [(number, reply) for number, reply in zip(numbers, found) if reply]
+                return stored_epoch, [n for n, _ in filled], [reply for _, reply in filled], numbers.stop
             after, _, stored_epoch, *found = self._walk(args=[*walk[:2], first, *walk[3:]])
             return stored_epoch.decode(), found[::2], found[1::2], after
 
@@ -535,7 +535,7 @@ class Store:
         users = [user for flat in found for user in self._decode_bucket(flat, lambda key, reason: None)]
         return users[skip:skip + count]
 
-    def _render_buckets(self, numbers: list[int], flats: list[list[bytes]], on_bad=None):
+    def _render_buckets(self, numbers: list[int], flats: list, on_bad=None):
         """Many buckets' HGETALL replies as [(number, users by merge key as JSON objects)], rendered in one
         call (Codec.render): at 100k users most buckets hold one or two, and a call per bucket would cost more
         than the users."""
