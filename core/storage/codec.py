@@ -44,8 +44,8 @@ FIELD_COUNT = len(USER_FIELDS)
 DICTIONARY_CAP = 65536
 # The export's fast path (Codec.render): a stored array of the shape Codec.encode writes, decoded by msgspec in C
 # as typed (which also validates its UTF-8 and escapes), and the user encoded again by msgspec from a struct, where
-# the reference path builds a dict per user and encodes it (bench/README.md: 7-22% less of this process's CPU per exported user).
-# Any other array takes the reference path (decode), which says why a value cannot be read.
+# the reference path builds a dict per user and encodes it (bench/README.md: 7-22% less of this process's CPU per
+# exported user). Any other array takes the reference path (decode), which says why a value cannot be read.
 _TEXT_OR_INDEX = int | str
 _STORED_ROW = msgspec.json.Decoder(tuple[int, str, str, _TEXT_OR_INDEX, _TEXT_OR_INDEX, str, str,
                                          _TEXT_OR_INDEX, _TEXT_OR_INDEX])
