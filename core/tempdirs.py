@@ -14,6 +14,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from core.processes import running
+
 KINDS = ("grpc", "redis")
 
 
@@ -27,19 +29,9 @@ def make_private_dir(kind: str) -> Path:
     return Path(tempfile.mkdtemp(prefix=f"{prefix(kind)}{os.getpid()}-"))
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # another user's process: alive
-    return True
-
-
 def sweep_stale(kind: str, folder: Path | None = None) -> list[Path]:
     """Remove the folders of this kind whose process is gone: named by this scheme, owned by this user, a real
-    folder (never a link), and no process with that pid alive. A pid reused since only keeps a folder longer."""
+    folder (never a link), and no process with that pid running (a zombie is not). A pid reused since only keeps a folder longer."""
     if kind not in KINDS:
         raise ValueError(f"unknown kind of private folder: {kind!r}")
     ours = re.compile(re.escape(prefix(kind)) + r"(\d+)-[A-Za-z0-9_]+")
@@ -58,7 +50,7 @@ def sweep_stale(kind: str, folder: Path | None = None) -> list[Path]:
                 continue
         except OSError:
             continue
-        if not _alive(int(match[1])):
+        if not running(int(match[1])):
             shutil.rmtree(entry.path, ignore_errors=True)
             removed.append(Path(entry.path))
     return removed

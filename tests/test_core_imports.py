@@ -11,7 +11,7 @@ import sys
 import core
 
 ROLES = {"intake", "service", "storage", "queue", "ops"}
-SHARED = {"config", "records", "runtime", "background", "interpreter", "tempdirs"}
+SHARED = {"config", "records", "runtime", "background", "interpreter", "tempdirs", "processes"}
 
 
 def all_modules() -> list[str]:

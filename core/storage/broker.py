@@ -19,6 +19,7 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
 import redis
 
+from core.processes import running
 from core.queue.children import spawn
 from core.tempdirs import make_private_dir
 
@@ -90,15 +91,6 @@ def connect(url: str) -> redis.Redis:
     except (redis.ConnectionError, redis.TimeoutError, OSError) as error:
         raise BrokerError(f"cannot reach Redis at {redact(url)}: {error}") from None
     return client
-
-
-def _running(pid: int) -> bool:
-    """Alive and not a zombie (an orphan's exit may never be reaped where PID 1 does not reap)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
 
 
 class Broker:
@@ -248,7 +240,7 @@ class Broker:
         except (ValueError, OSError):
             return
         deadline = time.monotonic() + START_TIMEOUT
-        while _running(pid) and time.monotonic() < deadline:
+        while running(pid) and time.monotonic() < deadline:
             time.sleep(0.05)
 
     def stop(self) -> None:
