@@ -6,7 +6,7 @@ from core.queue.children import arm_from_environment
 
 
 def main() -> int:
-    arm_from_environment()  # a no-op when setpriv armed it already
+    arm_from_environment()  # where setpriv armed it already: only the check that we were not orphaned first
     from console.cli import main as cli_main
 
     return cli_main(["attach", *sys.argv[1:]])

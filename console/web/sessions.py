@@ -10,13 +10,12 @@ stop that the app does not honour in QUIT_GRACE seconds becomes SIGTERM, then SI
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import sys
 
 from textual_serve.app_service import AppService
 
-from core.queue.children import DEATH_SIGNAL_VARIABLE, _setpriv
+from core.queue.children import dying_with_us
 
 QUIT_GRACE = 3.0  # the app's own quit: it closes its Redis connections and leaves
 TERM_GRACE = 2.0  # then SIGTERM; past this, SIGKILL
@@ -57,11 +56,7 @@ class Session(AppService):
         argv = list(self._argv)
         # SIGKILL: an attached console owns nothing that needs a clean stop, and a session whose server
         # died must not linger waiting for a quit that will never come.
-        setpriv = _setpriv()
-        if setpriv is not None:
-            argv = [setpriv, "--pdeathsig=SIGKILL", "--", *argv]
-        else:
-            environment[DEATH_SIGNAL_VARIABLE] = f"{int(signal.SIGKILL)}:{os.getpid()}"
+        argv = dying_with_us(argv, signal.SIGKILL, environment)
         self._process = process = await asyncio.create_subprocess_exec(
             *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
             env=environment,

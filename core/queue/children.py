@@ -11,6 +11,10 @@ util-linux's `setpriv --pdeathsig SIG -- COMMAND` when the machine has it, and o
 children themselves as they start (`arm_from_environment`, called by core.queue.worker_process); a redis-server
 started without setpriv is then stopped by the next start instead (core.storage.broker).
 
+Either way there is an instant between fork and the arming in which our death sends nothing. Our Python
+children close it themselves: each is told our pid (on both paths) and, once armed, leaves at once if its
+parent is no longer us. A test once killed its parent in that instant, one run in ten.
+
 The kernel sends that signal when the *thread* that forked the child exits, not the process. Children
 are started from all kinds of short-lived threads (the TUI's boot worker, restart timers), so every fork
 happens on one long-lived thread of this module that lives as long as the process: only the death of
@@ -59,8 +63,8 @@ def _setpriv() -> str | None:
 
 
 def arm_from_environment() -> None:
-    """In a child we started without setpriv: ask for the parent-death signal now, and leave at once if the
-    parent already died (between our fork and this call no signal could have been armed)."""
+    """In a child we started: ask for the parent-death signal (again, where setpriv armed it already), then leave
+    at once if the parent already died (before the arming, whoever did it, its death sent nothing)."""
     value = os.environ.pop(DEATH_SIGNAL_VARIABLE, "")
     signum, _, parent = value.partition(":")
     if not (signum.isdigit() and parent.isdigit()):
@@ -69,6 +73,16 @@ def arm_from_environment() -> None:
         _libc.prctl(PR_SET_PDEATHSIG, int(signum), 0, 0, 0)
     if os.getppid() != int(parent):
         os._exit(1)
+
+
+def dying_with_us(args: list[str], death_signal: int, environment: dict[str, str]) -> list[str]:
+    """The command line that runs `args` with `death_signal` armed for our death, where setpriv can arm it; and
+    in `environment`, what our own Python children need to arm it, or to see they were orphaned before it was."""
+    environment[DEATH_SIGNAL_VARIABLE] = f"{int(death_signal)}:{os.getpid()}"
+    setpriv = _setpriv()
+    if setpriv is None:
+        return list(args)
+    return [setpriv, f"--pdeathsig={signal.Signals(death_signal).name}", "--", *args]
 
 
 class _Spawner:
@@ -113,11 +127,7 @@ def spawn(args: list[str], *, death_signal: int = signal.SIGTERM, **popen_kwargs
     """
     if not popen_kwargs.get("start_new_session"):
         popen_kwargs.setdefault("process_group", 0)
-    setpriv = _setpriv()
-    if setpriv is not None:
-        args = [setpriv, f"--pdeathsig={signal.Signals(death_signal).name}", "--", *args]
-    else:
-        env = dict(popen_kwargs.get("env") or os.environ)
-        env[DEATH_SIGNAL_VARIABLE] = f"{int(death_signal)}:{os.getpid()}"
-        popen_kwargs["env"] = env
-    return _SPAWNER.submit(list(args), popen_kwargs)
+    env = dict(popen_kwargs.get("env") or os.environ)
+    args = dying_with_us(args, death_signal, env)
+    popen_kwargs["env"] = env
+    return _SPAWNER.submit(args, popen_kwargs)

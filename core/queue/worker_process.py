@@ -86,7 +86,7 @@ def _wait_for_redis(connection: redis.Redis, probe_key: str, name: str, stopping
 
 
 def main(argv: list[str]) -> int:
-    arm_from_environment()  # the parent-death signal, where setpriv did not arm it (core.queue.children)
+    arm_from_environment()  # the parent-death signal, and a check that we were not orphaned first (core.queue.children)
     queue_name = argv[0]
     name = argv[1] if len(argv) > 1 else None
     mode = argv[2] if len(argv) > 2 else "inline"
