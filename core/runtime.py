@@ -182,7 +182,8 @@ class Runtime:
                               f"{' with TLS' if s.tls else ''}{' with a token' if s.token else ''}")
             # A second signal (abort_drain) also gives up a long write of all_users.json.
             self.exporter = Exporter(self.store, s.output_path, s.export_interval, on_event=self.emit,
-                                     idle=self._merges_idle, stopping=lambda: self._drain_aborted)
+                                     idle=self._merges_idle, stopping=lambda: self._drain_aborted,
+                                     redis_url=self.broker.url)
             if self.watch:  # --once writes the file once, at the end: exporting meanwhile only costs time
                 self.exporter.start()
             self.client = UsersClient(self._client_target(), tls_ca=s.tls_cert, token=s.token,

@@ -34,15 +34,17 @@ class Exporter(Background):
     thread_name = "exporter"
     join_seconds = 30.0  # a write of a large store in progress ends first
 
-    def __init__(self, store: Store, path: Path, interval: float, on_event=None, idle=None, stopping=None):
+    def __init__(self, store: Store, path: Path, interval: float, on_event=None, idle=None, stopping=None,
+                 redis_url: str | None = None):
         """idle(): True when no stream is open and no batch is queued or being merged. Then a change is written
         at once; otherwise it waits for SETTLE of quiet (or its turn while merges keep coming).
-        stopping(): True once a long write in progress should be given up (ViewFile.stopping)."""
+        stopping(): True once a long write in progress should be given up (ViewFile.stopping).
+        redis_url: the store's, for the helper process of a large store's whole writes (ViewFile)."""
         super().__init__()
         self.idle = idle or (lambda: False)
         self.store = store
         self.path = Path(path)
-        self.view = ViewFile(store, self.path)
+        self.view = ViewFile(store, self.path, split_url=redis_url)
         if stopping is not None:
             self.view.stopping = stopping
         self.interval = interval
@@ -64,6 +66,8 @@ class Exporter(Background):
             mark("export", version)
             self.last = self.view.write()
             self.last_seconds = time.monotonic() - started
+            while self.view.split_failures:  # only slower: this process wrote the helper's share itself
+                self.on_event("warning", f"{self.view.split_failures.pop(0)}; all_users.json was written whole here")
             mark("exported", self.last["version"])
             self._written_version = self.last["version"]
             self._tell_bad(self.last)

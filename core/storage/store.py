@@ -419,9 +419,10 @@ class Store:
         for _, users in self.iter_buckets(chunk, on_bad, native):
             yield from users
 
-    def iter_buckets(self, chunk: int = EXPORT_USERS, on_bad=None, native: bool | None = None):
-        """Yield (bucket number, its users by merge key as JSON objects, bytes) for every non-empty bucket, in
-        export order.
+    def iter_buckets(self, chunk: int = EXPORT_USERS, on_bad=None, native: bool | None = None, first: int = 0,
+                     stop: int = BUCKETS, epoch: str | None = None):
+        """Yield (bucket number, its users by merge key as JSON objects, bytes) for every non-empty bucket of
+        first..stop-1 (by default all), in export order.
 
         A bucket is read whole in one step, and a user never changes bucket, so a merge landing during
         the walk can neither repeat a user nor hide one that was there before it began. The next chunk
@@ -429,33 +430,37 @@ class Store:
         A namespace cleared during the walk raises StaleDictionary: the new users' indexes must never
         be read with the old strings, and the next export starts over.
         native: read by native commands (_fetch_buckets) or by walk.lua; by default native from NATIVE_FROM users.
+        epoch: the dictionary epoch an earlier part of the same export read (core/storage/splitwrite.py): another
+        one now is a reset between the parts, StaleDictionary as within one.
         """
         dictionary = self.codec.dictionary
         dictionary.sync()
-        epoch = dictionary.epoch
+        epoch = dictionary.epoch if epoch is None else _same_epoch(epoch, dictionary.epoch)
         count = self.count()
         if native is None:
             native = count >= NATIVE_FROM
         # About `chunk` users a round trip at the store's size now (buckets fill evenly: the key's hash).
         step = max(16, min(4096, chunk * BUCKETS // max(1, count)))
-        walk = [self.bucket_prefix, BUCKETS, 0, 0, chunk, dictionary.keys[2], "numbered"]
+        walk = [self.bucket_prefix, stop, 0, 0, chunk, dictionary.keys[2], "numbered"]
 
-        def fetch(first: int) -> tuple[str, list[int], list, int]:
-            """(epoch, numbers and replies of the non-empty buckets from `first` on, the bucket after them)"""
+        def fetch(at: int) -> tuple[str, list[int], list, int]:
+            """(epoch, numbers and replies of the non-empty buckets from `at` on, the bucket after them)"""
             if native:
-                numbers = range(first, min(first + step, BUCKETS))
+                numbers = range(at, min(at + step, stop))
                 stored_epoch, found = self._fetch_buckets(numbers)
                 filled = [(number, reply) for number, reply in zip(numbers, found) if reply]
                 return stored_epoch, [n for n, _ in filled], [reply for _, reply in filled], numbers.stop
-            after, _, stored_epoch, *found = self._walk(args=[*walk[:2], first, *walk[3:]])
+            after, _, stored_epoch, *found = self._walk(args=[*walk[:2], at, *walk[3:]])
             return stored_epoch.decode(), found[::2], found[1::2], after
 
+        if first >= stop:
+            return
         with ThreadPoolExecutor(1, thread_name_prefix="export-fetch") as fetcher:
-            pending = fetcher.submit(fetch, 0)
+            pending = fetcher.submit(fetch, first)
             while pending is not None:
                 stored_epoch, numbers, found, after = pending.result()
                 epoch = _same_epoch(epoch, stored_epoch)
-                pending = fetcher.submit(fetch, after) if after < BUCKETS else None
+                pending = fetcher.submit(fetch, after) if after < stop else None
                 decoded = self._render_buckets(numbers, found, on_bad)
                 _same_epoch(epoch, dictionary.epoch)
                 yield from decoded

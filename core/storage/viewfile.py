@@ -40,6 +40,7 @@ import orjson
 
 from core.ops.trace import mark
 from core.storage.codec import BUCKETS
+from core.storage.splitwrite import SPLIT_FROM, SplitWrite
 from core.storage.store import MAX_BAD_SAMPLES, Store, sync_directory
 
 # A region's room to grow: an eighth of its users' bytes and about three users more (about 22 users at 10M
@@ -78,9 +79,15 @@ class Copy:
 
 
 class ViewFile:
-    def __init__(self, store: Store, path: Path, patch_from: int = PATCH_FROM):
+    def __init__(self, store: Store, path: Path, patch_from: int = PATCH_FROM, split_url: str | None = None,
+                 split_from: int = SPLIT_FROM):
+        """split_url: the store's Redis URL, for a helper process that writes part of a large store's whole
+        copies (core/storage/splitwrite.py); without it this process writes them alone."""
         self.store = store
         self.patch_from = patch_from
+        self.split_url, self.split_from = split_url, split_from
+        self.split_shares = (0, 0)  # slices of the last split write: (this process's, the helper's)
+        self.split_failures: list[str] = []  # why a helper's share was written here instead (for the exporter)
         self.path = Path(path)
         self.copies = {name: None for name in ("a", "b")}
         self.current = "b"  # the first export writes "a"
@@ -251,30 +258,20 @@ class ViewFile:
     def _write_whole(self, target: Path) -> Copy:
         from core.storage.privacy import file_mode
 
-        copy = Copy(target, roomy=self.store.count() >= self.patch_from)
-        least = ROOM_MIN if copy.roomy else 0
+        count = self.store.count()
+        copy = Copy(target, roomy=count >= self.patch_from)
         bad = _Bad(copy)
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=target.name + ".", suffix=".tmp", dir=target.parent)
         try:
             with os.fdopen(fd, "wb", buffering=1 << 20) as out:
                 out.write(OPEN)
-                position, previous = len(OPEN), 0
-                for bucket, users in self.store.iter_buckets(on_bad=bad.tell):
-                    if not users:
-                        continue
-                    self._check_stop()
-                    position = _empty_regions(out, copy, previous, bucket, position, least)
-                    body = _region(users, copy.first == BUCKETS)
-                    copy.first = min(copy.first, bucket)
-                    room = len(body) + (len(body) // ROOM_SHARE + least if copy.roomy else 0)
-                    out.write(body)
-                    out.write(b" " * (room - len(body)))
-                    copy.start[bucket], copy.room[bucket], copy.users[bucket] = position, room, len(users)
-                    copy.used[bucket] = len(body)
-                    position += room
-                    previous = bucket + 1
-                _empty_regions(out, copy, previous, BUCKETS, position, least)
+                position = len(OPEN)
+                if self.split_url is not None and count >= self.split_from:
+                    self._write_split(out, copy, bad, position, count)
+                else:
+                    write_regions(out, copy, self.store.iter_buckets(on_bad=bad.tell), 0, BUCKETS, position,
+                                  self._check_stop)
                 out.write(CLOSE)
                 out.flush()
                 mark("export-fsync")
@@ -286,6 +283,24 @@ class ViewFile:
             Path(tmp).unlink(missing_ok=True)
             raise
         return copy
+
+    def _write_split(self, out, copy: Copy, bad: _Bad, position: int, count: int) -> None:
+        """The regions of every bucket, written by this process and a helper (core/storage/splitwrite.py)."""
+        with SplitWrite(self.store, self.split_url, copy.path.parent, count, copy.roomy) as split:
+            for first, stop in split.front():
+                buckets = self.store.iter_buckets(on_bad=bad.tell, first=first, stop=stop, epoch=split.epoch)
+                position = write_regions(out, copy, buckets, first, stop, position, self._check_stop)
+            part = split.rest(self._check_stop)
+            if part is not None and copy.first == BUCKETS:  # its regions begin with a comma: not the file's first
+                split.failure, part = "no user came before the export's helper's share", None
+            if part is not None:
+                part.append_to(out, copy, position)
+                self.split_shares = (split.taken, len(part.slices))
+                return
+            self.split_failures.append(split.failure)
+            buckets = self.store.iter_buckets(on_bad=bad.tell, first=split.resume_at, epoch=split.epoch)
+            write_regions(out, copy, buckets, split.resume_at, BUCKETS, position, self._check_stop)
+            self.split_shares = (split.slices, 0)
 
     def _check_stop(self) -> None:
         if self.stopping() and time.monotonic() - self._started >= STOP_AFTER:
@@ -387,6 +402,28 @@ class _Bad:
         if len(samples) < MAX_BAD_SAMPLES:
             samples = [*samples, {"key": key.decode(errors="replace"), "reason": reason}]
         self.copy.bad[bucket] = (count + 1, samples)
+
+
+def write_regions(out, copy: Copy, buckets, first: int, stop: int, position: int, check_stop) -> int:
+    """Write the regions of buckets first..stop-1 at `position` of `out`, their users from `buckets` (what
+    Store.iter_buckets yields for them), and note where each lies in `copy`; returns the position after them."""
+    least = ROOM_MIN if copy.roomy else 0
+    previous = first
+    for bucket, users in buckets:
+        if not users:
+            continue
+        check_stop()
+        position = _empty_regions(out, copy, previous, bucket, position, least)
+        body = _region(users, copy.first == BUCKETS)
+        copy.first = min(copy.first, bucket)
+        room = len(body) + (len(body) // ROOM_SHARE + least if copy.roomy else 0)
+        out.write(body)
+        out.write(b" " * (room - len(body)))
+        copy.start[bucket], copy.room[bucket], copy.users[bucket] = position, room, len(users)
+        copy.used[bucket] = len(body)
+        position += room
+        previous = bucket + 1
+    return _empty_regions(out, copy, previous, stop, position, least)
 
 
 def _empty_regions(out, copy: Copy, first: int, end: int, position: int, room: int) -> int:
