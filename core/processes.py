@@ -1,5 +1,6 @@
 """Whether a process of this machine is still running, by pid: shared by the embedded Redis's stale-server stop
-(core/storage/broker.py) and the sweep of dead consoles' socket folders (core/tempdirs.py)."""
+(core/storage/broker.py), the sweep of dead consoles' socket folders (core/tempdirs.py) and of their split writes'
+files (core/storage/splitwrite.py)."""
 
 from __future__ import annotations
 

@@ -31,6 +31,7 @@ from pathlib import Path
 import msgspec
 
 from core.ops.trace import mark
+from core.processes import running
 from core.queue.children import spawn
 from core.storage.codec import BUCKETS, StaleDictionary
 
@@ -62,6 +63,15 @@ class _Claims:
         os.close(self.fd)
 
 
+def _sweep(folder: Path) -> None:
+    """Delete the files of split writes whose console no longer runs (killed mid-write: a part file can hold
+    gigabytes); those of a console still running stay, whatever it is."""
+    for path in folder.glob(".split-*.tmp"):
+        pid = path.name.split(".")[2]
+        if pid.isdigit() and not running(int(pid)):
+            path.unlink(missing_ok=True)
+
+
 def slice_size(count: int) -> int:
     """Buckets in a slice for a store of `count` users (the keys' hash fills buckets evenly)."""
     return max(16, min(BUCKETS, SLICE_USERS * BUCKETS // max(1, count)))
@@ -87,6 +97,7 @@ class SplitWrite:
         self._paths: list[Path] = []
 
     def __enter__(self) -> SplitWrite:
+        _sweep(self.folder)
         try:
             claims, part, index = (self._temporary(kind) for kind in ("claims", "part", "index"))
             claims.write_bytes(_CLAIMS.pack(0, self.slices - 1))
@@ -107,7 +118,7 @@ class SplitWrite:
         return self
 
     def _temporary(self, kind: str) -> Path:
-        fd, name = tempfile.mkstemp(prefix=f".split-{kind}.", suffix=".tmp", dir=self.folder)
+        fd, name = tempfile.mkstemp(prefix=f".split-{kind}.{os.getpid()}.", suffix=".tmp", dir=self.folder)
         os.close(fd)
         self._paths.append(Path(name))
         return Path(name)

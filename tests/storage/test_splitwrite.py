@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import struct
+import subprocess
+import sys
 
 import pytest
 
@@ -196,3 +198,17 @@ def test_the_exporter_says_when_its_helper_failed(store, tmp_path):
     [(level, text)] = [event for event in events if "helper" in event[1]]
     assert level == "warning" and text.startswith("the export's helper exited with 1: ConnectionError")
     assert text.endswith("; all_users.json was written whole here")
+
+
+def test_the_files_of_a_killed_console_s_split_write_are_swept(store, tmp_path, redis_url):
+    """Those of a console that no longer runs go with the next split write; those of one still running stay."""
+    view = split_view(store, tmp_path, redis_url)
+    view.path.parent.mkdir(parents=True)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    dead = view.path.parent / f".split-part.{gone.pid}.abc.tmp"
+    alive = view.path.parent / f".split-part.{os.getppid()}.abc.tmp"
+    for path in (dead, alive):
+        path.write_bytes(b"x" * 1000)
+    view.write()
+    assert not dead.exists() and alive.exists()
