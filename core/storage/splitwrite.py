@@ -99,18 +99,23 @@ class SplitWrite:
     def __enter__(self) -> SplitWrite:
         _sweep(self.folder)
         try:
-            claims, part, index = (self._temporary(kind) for kind in ("claims", "part", "index"))
+            claims, part, index, said = (self._temporary(kind) for kind in ("claims", "part", "index", "said"))
             claims.write_bytes(_CLAIMS.pack(0, self.slices - 1))
             self._claims = _Claims(claims)
             dictionary = self.store.codec.dictionary
             dictionary.sync()
             self.epoch = dictionary.epoch  # every part of the write reads against it (Store.iter_buckets)
-            self._part, self._index = part, index
-            self._process = spawn(
-                [sys.executable, "-m", "core.storage.splitwrite", self.store.ns, str(claims), str(part), str(index),
-                 self.epoch, "1" if self.roomy else "0", str(self.size)],
-                env={**os.environ, URL_VARIABLE: self.url}, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE)
+            self._part, self._index, self._said = part, index, said
+            # Its output goes to a file: a pipe nobody reads until it ends could fill and stop it.
+            try:
+                with open(said, "wb") as output:
+                    self._process = spawn(
+                        [sys.executable, "-m", "core.storage.splitwrite", self.store.ns, str(claims), str(part),
+                         str(index), self.epoch, "1" if self.roomy else "0", str(self.size)],
+                        env={**os.environ, URL_VARIABLE: self.url}, stdin=subprocess.DEVNULL, stdout=output,
+                        stderr=output)
+            except OSError as error:  # no helper: this process takes every slice
+                self.failure = f"the export's helper could not start: {error}"
             mark("export-split", self.slices, self.size)
         except BaseException:
             self.__exit__(None, None, None)
@@ -134,6 +139,8 @@ class SplitWrite:
         """The helper's share, buckets resume_at..BUCKETS-1, once it has written it; None when it did not (then
         this process writes them: self.failure says why)."""
         process = self._process
+        if process is None:
+            return None
         while True:
             check_stop()
             try:
@@ -141,7 +148,7 @@ class SplitWrite:
                 break
             except subprocess.TimeoutExpired:
                 continue
-        said = process.stderr.read().decode(errors="replace").strip().splitlines()
+        said = self._said.read_bytes()[-4096:].decode(errors="replace").strip().splitlines()
         if code == STALE_EXIT:
             raise StaleDictionary("the namespace was cleared during the export; the next one starts over")
         if code != 0:
@@ -164,7 +171,6 @@ class SplitWrite:
             if process.poll() is None:
                 process.kill()
                 process.wait()
-            process.stderr.close()
         if self._claims is not None:
             self._claims.close()
         for path in self._paths:
@@ -233,7 +239,7 @@ def run(argv: list[str]) -> int:
     namespace, claims_path, part_path, index_path, epoch, roomy, size = argv
     size = int(size)
     try:
-        store = Store(redis.Redis.from_url(os.environ[URL_VARIABLE]), namespace)
+        store = Store(redis.Redis.from_url(os.environ[URL_VARIABLE], socket_connect_timeout=5), namespace)
         # first=0: each region has its leading comma, as this process's share always comes after the console's.
         copy = Copy(Path(part_path), roomy=roomy == "1", first=0)
         bad, claims, slices = _Bad(copy), _Claims(Path(claims_path)), []

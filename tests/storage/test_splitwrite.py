@@ -103,10 +103,12 @@ def test_a_split_copy_is_patched_like_any_other(store, tmp_path, redis_url, monk
     assert json.loads(view.path.read_bytes()) == in_store(store)
 
 
-@pytest.mark.parametrize("how", ["cannot reach Redis", "killed half-way"])
+@pytest.mark.parametrize("how", ["cannot start", "cannot reach Redis", "killed half-way"])
 def test_a_helper_that_fails_only_costs_time(store, tmp_path, redis_url, monkeypatch, how):
     url = redis_url
-    if how == "cannot reach Redis":
+    if how == "cannot start":
+        monkeypatch.setattr(splitwrite, "spawn", lambda args, **kwargs: subprocess.Popen(["/nonexistent/python"]))
+    elif how == "cannot reach Redis":
         url = "redis://127.0.0.1:1/0"
     else:
         running = helper_took_a_slice(monkeypatch)
@@ -121,8 +123,11 @@ def test_a_helper_that_fails_only_costs_time(store, tmp_path, redis_url, monkeyp
     view.write()
     assert written(view) == single(store, tmp_path)
     [failure] = view.split_failures
-    assert failure.startswith("the export's helper exited with ")
-    assert ("ConnectionError" in failure) if how == "cannot reach Redis" else ("-9" in failure and running)
+    if how == "cannot start":
+        assert failure.startswith("the export's helper could not start: [Errno 2] No such file or directory")
+    else:
+        assert failure.startswith("the export's helper exited with ")
+        assert ("ConnectionError" in failure) if how == "cannot reach Redis" else ("-9" in failure and running)
     assert no_split_files(view)
 
 
