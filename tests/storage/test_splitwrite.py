@@ -19,6 +19,9 @@ from core.storage.viewfile import ViewFile
 from tests.conftest import make_users, wait_for
 from tests.storage.test_viewfile import in_store, merge
 
+# Each test starts the helper process, a real one, on real Redis: the end-to-end layer.
+pytestmark = pytest.mark.slow
+
 
 def key_in(buckets: range) -> str:
     return next(key for n in range(10**6) if bucket_of(key := f"damaged{n}@x.com") in buckets)
