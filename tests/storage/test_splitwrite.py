@@ -115,13 +115,16 @@ def test_a_helper_that_fails_only_costs_time(store, tmp_path, redis_url, monkeyp
         url = "redis://127.0.0.1:1/0"
     else:
         running = helper_took_a_slice(monkeypatch)
-        rest = splitwrite.SplitWrite.rest
+        front = splitwrite.SplitWrite.front
 
-        def killed_rest(self, check_stop):
-            self._process.kill()
-            return rest(self, check_stop)
+        def killing_front(self):
+            """The helper is killed once it has taken a slice, thousands of slices before it could be done."""
+            for number, bounds in enumerate(front(self)):
+                if number == 0:
+                    self._process.kill()
+                yield bounds
 
-        monkeypatch.setattr(splitwrite.SplitWrite, "rest", killed_rest)
+        monkeypatch.setattr(splitwrite.SplitWrite, "front", killing_front)
     view = split_view(store, tmp_path, url)
     view.write()
     assert written(view) == single(store, tmp_path)
