@@ -161,10 +161,14 @@ def test_a_reset_during_a_split_write_is_a_stale_export(store, tmp_path, redis_u
                 merge(store, make_users(5, "after-reset"), "g")
             yield bounds
 
+    asked = []
+    rest = splitwrite.SplitWrite.rest
     monkeypatch.setattr(splitwrite.SplitWrite, "front", clearing_front)
+    monkeypatch.setattr(splitwrite.SplitWrite, "rest", lambda self, check: asked.append(1) or rest(self, check))
     view = split_view(store, tmp_path, redis_url)
     with pytest.raises(StaleDictionary):
         view.write()
+    assert not asked, "this process's own slice saw the reset, before it waited for the helper"
     assert no_split_files(view)
     monkeypatch.undo()
     info = view.write()
