@@ -31,7 +31,8 @@ def make_private_dir(kind: str) -> Path:
 
 def sweep_stale(kind: str, folder: Path | None = None) -> list[Path]:
     """Remove the folders of this kind whose process is gone: named by this scheme, owned by this user, a real
-    folder (never a link), and no process with that pid running (a zombie is not). A pid reused since only keeps a folder longer."""
+    folder (never a link), and no process with that pid running (a zombie is not). A pid reused since only keeps a
+    folder longer."""
     if kind not in KINDS:
         raise ValueError(f"unknown kind of private folder: {kind!r}")
     ours = re.compile(re.escape(prefix(kind)) + r"(\d+)-[A-Za-z0-9_]+")

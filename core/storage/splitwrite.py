@@ -148,10 +148,10 @@ class SplitWrite:
                 break
             except subprocess.TimeoutExpired:
                 continue
-        said = self._said.read_bytes()[-4096:].decode(errors="replace").strip().splitlines()
         if code == STALE_EXIT:
             raise StaleDictionary("the namespace was cleared during the export; the next one starts over")
         if code != 0:
+            said = self._said.read_bytes()[-4096:].decode(errors="replace").strip().splitlines()
             self.failure = f"the export's helper exited with {code}: {said[-1] if said else 'no message'}"
             return None
         try:
@@ -204,7 +204,7 @@ class _Part:
     def append_to(self, out, copy, position: int) -> int:
         """Copy the helper's regions to the end of `out` (at `position`), in bucket order; note where they lie.
         Each begins with its comma: `copy` must hold a user already (copy.first < BUCKETS)."""
-        from core.storage.viewfile import _copy_span
+        from core.storage.viewfile import copy_span
 
         start, room, users, used = (array("q", column) for column in
                                     (self.index.start, self.index.room, self.index.users, self.index.used))
@@ -212,7 +212,7 @@ class _Part:
         src = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
         try:
             for first, stop, offset, size in self.slices:
-                _copy_span(src, out.fileno(), offset, size)
+                copy_span(src, out.fileno(), offset, size)
                 shift = position - offset
                 for bucket in range(first, stop):
                     copy.start[bucket] = start[bucket] + shift

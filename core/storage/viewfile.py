@@ -441,10 +441,10 @@ def _copy_regions(src: int, fd: int, source: Copy, first: int, end: int) -> None
     bucket order: one span, one copy."""
     if end > first:
         begin = source.start[first]
-        _copy_span(src, fd, begin, source.start[end - 1] + source.room[end - 1] - begin)
+        copy_span(src, fd, begin, source.start[end - 1] + source.room[end - 1] - begin)
 
 
-def _copy_span(src: int, fd: int, offset: int, size: int) -> None:
+def copy_span(src: int, fd: int, offset: int, size: int) -> None:
     """Copy `size` bytes of `src` from `offset` to the end of what `fd` holds: in the kernel where it can."""
     while size > 0:
         try:
@@ -454,7 +454,7 @@ def _copy_span(src: int, fd: int, offset: int, size: int) -> None:
         if done <= 0:
             chunk = os.pread(src, min(size, 1 << 20), offset)
             if not chunk:
-                raise OSError(f"the current copy ended early at byte {offset}")
+                raise OSError(f"the file copied from ended early at byte {offset}")
             _write_all(fd, chunk)
             done = len(chunk)
         offset, size = offset + done, size - done
