@@ -69,6 +69,22 @@ def redis_cpu(connection) -> float:
     return cpu["used_cpu_user"] + cpu["used_cpu_sys"]
 
 
+def set_log(connection, appendonly: str, timeout: float = 120.0) -> None:
+    """Turn the append-only log on or off; turning it on writes the log anew in a child process, which is waited
+    for: its copy-on-write faults would land on the next variant's figure."""
+    if connection.config_get("appendonly")["appendonly"] == appendonly:
+        return
+    connection.config_set("appendonly", appendonly)
+    deadline = time.monotonic() + timeout
+    while True:
+        persistence = connection.info("persistence")
+        if not persistence["aof_rewrite_in_progress"] and not persistence["aof_rewrite_scheduled"]:
+            return
+        if time.monotonic() > deadline:
+            raise SystemExit("the append-only log was still being written after 120 s")
+        time.sleep(0.05)
+
+
 def merge_all(connection, source: str | None, batches: list[list[dict]]) -> float:
     """Redis CPU seconds for merging every batch into a fresh namespace through this script."""
     store = Store(connection, f"benchmerge-{uuid.uuid4().hex[:8]}")
@@ -100,11 +116,11 @@ def main(argv=None) -> int:
             for number in range(args.rounds):
                 print(f"round {number + 1} of {args.rounds} ...", flush=True)
                 for name, source in variants().items():
-                    connection.config_set("appendonly", "no" if "log off" in name else "yes")
+                    set_log(connection, "no" if "log off" in name else "yes")
                     seconds = merge_all(connection, source, batches)
                     connection.flushall()  # every variant starts from an empty Redis (its cost grows with memory)
                     cost.setdefault(name, []).append(seconds * 1e6 / len(users))
-            connection.config_set("appendonly", "yes")
+            set_log(connection, "yes")
             server = connection.info("server").get("redis_version", "?")
         finally:
             broker.stop()
