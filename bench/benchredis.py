@@ -22,6 +22,14 @@ from rq.registry import (
 from core.storage.broker import Broker
 
 DEFAULT_URL = "redis://127.0.0.1:6379"
+CPU_FIELDS = ("used_cpu_sys", "used_cpu_user")
+CHILDREN_CPU_FIELDS = ("used_cpu_sys_children", "used_cpu_user_children")
+
+
+def redis_cpu(connection, children: bool = False) -> float:
+    """Seconds of CPU the Redis server has spent (children: with its forks', the log's rewrites and dumps)."""
+    info = connection.info("cpu")
+    return sum(float(info[field]) for field in CPU_FIELDS + (CHILDREN_CPU_FIELDS if children else ()))
 REGISTRIES = (FinishedJobRegistry, FailedJobRegistry, StartedJobRegistry, DeferredJobRegistry,
               ScheduledJobRegistry, CanceledJobRegistry)
 

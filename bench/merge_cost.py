@@ -35,6 +35,7 @@ from core.storage.codec import lua
 from core.storage.store import Store
 
 import datagen
+from benchredis import redis_cpu
 
 HGET = "current = redis.call('HGET', hash, key) or false"
 HSET = "redis.call('HSET', wh[i], wk[i], wv[i])"
@@ -62,11 +63,6 @@ def variants() -> dict[str, str | None]:
         "an empty script, the same arguments": None,
         "merge.lua as shipped, append-only log off": shipped,
     }
-
-
-def redis_cpu(connection) -> float:
-    cpu = connection.info("cpu")
-    return cpu["used_cpu_user"] + cpu["used_cpu_sys"]
 
 
 def set_log(connection, appendonly: str, timeout: float = 120.0) -> None:

@@ -30,17 +30,14 @@ from core.storage import store as store_module
 from core.storage.broker import Broker
 from core.storage.store import Store
 
+from benchredis import redis_cpu
+
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batches", type=int, default=2000, help="batches per round and shape (default 2000)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of each shape, alternating (default 3)")
     return parser.parse_args(argv)
-
-
-def redis_cpu(connection) -> float:
-    info = connection.info("cpu")
-    return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
 
 
 def commands(connection) -> int:

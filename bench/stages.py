@@ -50,6 +50,8 @@ from core.storage.broker import Broker
 from core.storage.store import Store
 from protobufs import users_pb2, users_pb2_grpc
 
+from benchredis import redis_cpu
+
 try:
     from core.queue.taskqueue import enqueue_batches
 except ImportError:  # one job per batch only (main as it was)
@@ -76,9 +78,7 @@ class Meter:
         self.redis = connection
 
     def redis_cpu(self) -> float:
-        info = self.redis.info("cpu")
-        return sum(float(info[k]) for k in ("used_cpu_sys", "used_cpu_user", "used_cpu_sys_children",
-                                            "used_cpu_user_children"))
+        return redis_cpu(self.redis, children=True)
 
     def __enter__(self):
         self.ours, self.theirs = time.process_time(), self.redis_cpu()
